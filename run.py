@@ -1,0 +1,15 @@
+"""ssl4gie entry point: ``python run.py task=segmentation backbone=vit_b pretraining=random``."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from ssl4gie.cli import run  # imported here so that `--help` and `--cfg job` stay fast
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""``run(cfg)``: validate, seed, build, fit, test, write outputs. Called by ``run.py`` through Hydra."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ssl4gie import config as config_checks
+from ssl4gie.engine.checkpoint import check_model_config, read_run_checkpoint
+from ssl4gie.engine.trainer import Trainer
+from ssl4gie.errors import Ssl4gieError
+from ssl4gie.utils.io import save_dataframe_csv, write_json
+from ssl4gie.utils.seed import seed_everything
+
+log = logging.getLogger("ssl4gie")
+
+
+def _multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Hydra task function; returns the monitored validation metric (for sweepers).
+
+    A user-input problem (:class:`Ssl4gieError`) is logged as one line and ends a single run with exit status 2;
+    in a multirun it is raised so that the launcher records the failed cell.
+    """
+    try:
+        return execute(cfg)
+    except Ssl4gieError as e:
+        log.error("%s", e)
+        if _multirun():
+            raise
+        raise SystemExit(2) from None
+
+
+def completed_metrics(output_dir: Path, fp: str) -> dict | None:
+    """``metrics.json`` of a finished run with the same fingerprint, else None."""
+    path = output_dir / "metrics.json"
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if metrics.get("status") == "complete" and metrics.get("fingerprint") == fp else None
+
+
+def execute(cfg: DictConfig) -> float | None:
+    start = time.perf_counter()
+    config_checks.validate(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fp = config_checks.fingerprint(cfg)
+    task = instantiate(cfg.task, _recursive_=False)
+    if cfg.mode == "train" and (done := completed_metrics(output_dir, fp)) is not None:
+        log.info(
+            "%s already holds a complete run of this configuration; nothing to do",
+            output_dir / "metrics.json",
+        )
+        return done.get(task.monitor)
+
+    seed_everything(cfg.seed)
+    torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
+    if cfg.trainer.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    reader = instantiate(cfg.dataset)  # checks the dataset root and layout before any model is built
+    model = task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
+    model_config = {
+        "task": task.name,
+        "backbone": cfg.backbone.name,
+        "timm_name": cfg.backbone.timm_name,
+        "tiny": bool(cfg.backbone.get("tiny", False)),
+        "input_size": int(task.input_size),
+        "decoder": OmegaConf.to_container(cfg.task.get("decoder"), resolve=True),
+    }
+    trainer = Trainer(cfg.trainer, task, model, output_dir, cfg.seed, fp, model_config)
+    cache_dir = str(Path(cfg.paths.cache_dir) / "decoded") if cfg.cache else None
+    progress = bool(cfg.trainer.progress)
+
+    facts = {
+        "task": task.name,
+        "dataset": cfg.dataset.name,
+        "backbone": cfg.backbone.name,
+        "pretraining": cfg.pretraining.name,
+        "row": config_checks.row_code(cfg),
+        "seed": int(cfg.seed),
+        "frozen": bool(cfg.frozen),
+        "mode": cfg.mode,
+        "fingerprint": fp,
+        "device": str(trainer.device),
+        "monitor": task.monitor,
+    }
+    metrics: dict = {}
+    if cfg.mode == "train":
+        data = task.build_datasets(reader, ["train", "val", "test"], cache_dir, progress)
+        log.info(
+            "%s %s: %s, train/val/test = %d/%d/%d",
+            task.name,
+            cfg.dataset.name,
+            reader.root,
+            len(data["train"]),
+            len(data["val"]),
+            len(data["test"]),
+        )
+        trainer.fit(data["train"], data["val"])
+        best = read_run_checkpoint(output_dir / "best.pt")
+        model.load_state_dict(best["model"])
+        best_row = next(h for h in best["history"] if h["epoch"] == best["best_epoch"])
+        metrics.update({k: v for k, v in best_row.items() if k.startswith("val/")})
+        facts.update(epochs=int(cfg.trainer.epochs), best_epoch=int(best["best_epoch"]))
+        write_history(output_dir, trainer.history)
+    else:
+        ckpt = read_run_checkpoint(cfg.ckpt)
+        check_model_config(ckpt, model_config, cfg.ckpt)
+        model.load_state_dict(ckpt["model"])
+        data = task.build_datasets(reader, ["test"], cache_dir, progress)
+        facts.update(ckpt=str(cfg.ckpt), epochs=int(ckpt["epoch"]), best_epoch=int(ckpt["best_epoch"]))
+
+    save_dir = output_dir / "predictions" if cfg.mode == "predict" else None
+    test_metrics, rows, kept = trainer.evaluate(
+        data["test"], "test", keep=int(cfg.trainer.num_figures), save_dir=save_dir
+    )
+    metrics.update(test_metrics)
+    import pandas as pd
+
+    save_dataframe_csv(output_dir / "per_image_test.csv", pd.DataFrame(rows))
+    figures = task.draw(kept, output_dir / "figures")
+    if save_dir is not None:
+        log.info("wrote %d prediction masks to %s", len(rows), save_dir)
+    log.info("wrote %d figures to %s", len(figures), output_dir / "figures")
+    metrics.update(
+        facts, n_test=len(data["test"]), wall_time_s=round(time.perf_counter() - start, 2), status="complete"
+    )
+    write_json(output_dir / "metrics.json", metrics)  # last: its presence means the run completed
+    for key in sorted(k for k in metrics if k.startswith(("val/", "test/"))):
+        log.info("  %-34s %.4f", key, metrics[key])
+    log.info("results in %s", output_dir)
+    return metrics.get(task.monitor)
+
+
+def write_history(output_dir: Path, history: list[dict]) -> None:
+    import pandas as pd
+
+    save_dataframe_csv(output_dir / "history.csv", pd.DataFrame(history))

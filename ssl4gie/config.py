@@ -1,0 +1,89 @@
+"""Config checks done once, first (before any data is read), and the identity of a run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from ssl4gie.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+MODES = ("train", "eval", "predict")
+
+# Options that do not change what a run computes: two runs that differ only here are the same experiment
+# (a moved data folder or another GPU must not block resuming or count as a new sweep cell).
+NOT_IDENTITY = (
+    "paths",
+    "mode",
+    "ckpt",
+    "cache",
+    "trainer.device",
+    "trainer.num_workers",
+    "trainer.progress",
+    "trainer.num_figures",
+    "dataset.root",
+    "dataset.download",
+    "dataset.synthetic",
+    "pretraining.checkpoint",
+    "launcher",
+)
+
+
+def group_options(group: str) -> dict[str, dict]:
+    """Options of a config group with their YAML contents (empty if the conf folder is not beside the package)."""
+    folder = CONF_DIR / group
+    if not folder.is_dir():
+        return {}
+    return {p.stem: yaml.safe_load(p.read_text()) or {} for p in sorted(folder.glob("*.yaml"))}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject invalid combinations with the valid choices in the message."""
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode={cfg.mode} is not valid; valid: {', '.join(MODES)}")
+    if cfg.mode != "train" and not cfg.ckpt:
+        raise ConfigError(f"mode={cfg.mode} needs a checkpoint of a finished run: add ckpt=PATH/TO/best.pt")
+    if cfg.dataset.task != cfg.task.name:
+        fitting = [n for n, o in group_options("dataset").items() if o.get("task") == cfg.task.name]
+        raise ConfigError(
+            f"dataset={cfg.dataset.name} is a {cfg.dataset.task} dataset, not for task={cfg.task.name}; "
+            f"valid datasets for task={cfg.task.name}: {', '.join(fitting)}"
+        )
+    if cfg.backbone.name not in cfg.pretraining.backbones:
+        fitting = [
+            n for n, o in group_options("pretraining").items() if cfg.backbone.name in o.get("backbones", [])
+        ]
+        raise ConfigError(
+            f"pretraining={cfg.pretraining.name} exists for backbone {', '.join(cfg.pretraining.backbones)}, not "
+            f"backbone={cfg.backbone.name}; valid pretraining for backbone={cfg.backbone.name}: {', '.join(fitting)}"
+        )
+    t = cfg.trainer
+    for key in ("epochs", "batch_size", "accum_steps"):
+        if int(t[key]) < 1:
+            raise ConfigError(f"trainer.{key}={t[key]} must be at least 1")
+
+
+def _drop(container: dict, dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        container = container.get(p, {})
+    if isinstance(container, dict):
+        container.pop(leaf, None)
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """A short hash of everything that defines the experiment (see NOT_IDENTITY for what does not)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    for key in NOT_IDENTITY:
+        _drop(container, key)
+    return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def row_code(cfg: DictConfig) -> str:
+    """The study's row code, e.g. RN-IN-MC or VT-NA-NA (SPEC 2.1)."""
+    return f"{cfg.backbone.code}-{cfg.pretraining.code}"

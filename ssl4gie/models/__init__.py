@@ -1,0 +1,1 @@
+"""Backbones, checkpoint converters, heads and decoders."""

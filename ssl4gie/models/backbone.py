@@ -1,0 +1,73 @@
+"""Backbones come from timm; ssl4gie only chooses the model name and its keyword arguments from config."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import timm
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+
+def create_backbone(cfg: DictConfig, input_size: int, **extra) -> nn.Module:
+    """A bare timm backbone (no classifier) for ``cfg`` = the ``backbone`` config group.
+
+    ``backbone.tiny=true`` shrinks it with ``tiny_kwargs`` (fewer blocks/channels, same key names) for CPU tests.
+    ``extra`` comes from the task (e.g. ``output_stride=16`` for DeepLabV3+).
+    """
+    kwargs = OmegaConf.to_container(cfg.timm_kwargs, resolve=True) or {}
+    if cfg.get("tiny", False):
+        kwargs.update(OmegaConf.to_container(cfg.tiny_kwargs, resolve=True))
+    if cfg.get("img_size_kwarg"):
+        kwargs[cfg.img_size_kwarg] = input_size
+    kwargs.update(extra)
+    return timm.create_model(cfg.timm_name, pretrained=False, num_classes=0, **kwargs)
+
+
+def evenly_spaced_indices(encoder: nn.Module, count: int = 4) -> list[int]:
+    """The last block of each of ``count`` equal parts of the network (2, 5, 8, 11 for a 12-block ViT, SPEC 4.5)."""
+    n = len(encoder.feature_info)
+    return [round((k + 1) * n / count) - 1 for k in range(count)]
+
+
+def intermediates(encoder: nn.Module, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+    """Raw (un-normalised) NCHW outputs of the given stages/blocks, via timm's common ``forward_intermediates``."""
+    return encoder.forward_intermediates(x, indices=list(indices), norm=False, intermediates_only=True)
+
+
+@torch.no_grad()
+def feature_channels(encoder: nn.Module, indices: Sequence[int], input_size: int) -> list[int]:
+    """Channel counts of the chosen intermediates, by running a dummy input (decoders are built from shapes)."""
+    was_training = encoder.training
+    encoder.eval()
+    feats = intermediates(encoder, torch.zeros(1, 3, input_size, input_size), indices)
+    encoder.train(was_training)
+    return [f.shape[1] for f in feats]
+
+
+class EncoderDecoder(nn.Module):
+    """A timm encoder and a dense decoder fed with the encoder's intermediates; output at the input's size.
+
+    With ``frozen=True`` the encoder's parameters get no gradients and its normalisation statistics stay fixed
+    (it is kept in eval mode), so the backbone is bit-identical after training (the study's ``--frozen``).
+    """
+
+    def __init__(
+        self, encoder: nn.Module, decoder: nn.Module, indices: Sequence[int], frozen: bool = False
+    ) -> None:
+        super().__init__()
+        self.encoder, self.decoder, self.indices, self.frozen = encoder, decoder, list(indices), frozen
+        if frozen:
+            encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> EncoderDecoder:
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            feats = intermediates(self.encoder, x, self.indices)
+        return self.decoder(feats, out_size=tuple(x.shape[-2:]))

@@ -1,0 +1,68 @@
+"""The contract between the engine and a task."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import Dataset
+
+
+class Evaluator(ABC):
+    """Accumulates one split's metrics: ``process`` each batch, then ``compute``.
+
+    ``keep`` items are retained for figures; if ``save_dir`` is given, predictions are written there as files.
+    """
+
+    def __init__(self, keep: int = 0, save_dir: Path | None = None) -> None:
+        self.keep, self.save_dir, self.kept = keep, save_dir, []
+
+    @abstractmethod
+    def process(self, batch: dict[str, Any], outputs: Any) -> None: ...
+
+    @abstractmethod
+    def compute(self) -> tuple[dict[str, float], list[dict]]:
+        """(metric name -> value without split prefix, per-image rows for a CSV)."""
+
+
+class Task(ABC):
+    """A finetuning task: what the engine needs to train, evaluate and draw."""
+
+    name: str
+    monitor: str  # e.g. "val/dice"
+    monitor_mode: str  # "max" or "min"
+
+    @abstractmethod
+    def build_model(
+        self, backbone: DictConfig, pretraining: DictConfig, frozen: bool, weights_dir: str
+    ) -> nn.Module:
+        """The full model, backbone weights loaded."""
+
+    @abstractmethod
+    def build_datasets(
+        self, reader: Any, splits: list[str], cache_dir: str | None, progress: bool
+    ) -> dict[str, Dataset]:
+        """torch Datasets of the requested splits ("train" gets training augmentation)."""
+
+    @abstractmethod
+    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Forward + loss (in fp32); the dict must hold ``"loss"``."""
+
+    @abstractmethod
+    def predict(self, model: nn.Module, batch: dict[str, Any]) -> Any:
+        """Model outputs for a batch in eval mode (no loss)."""
+
+    @abstractmethod
+    def evaluator(self, keep: int = 0, save_dir: Path | None = None) -> Evaluator: ...
+
+    @abstractmethod
+    def draw(self, kept: list[dict], folder: Path) -> list[Path]:
+        """Write figures of retained evaluation items into ``folder``; return their paths."""
+
+    def extra_state(self) -> dict:
+        """Anything besides the weights that eval/predict need from a checkpoint (e.g. class names)."""
+        return {}
