@@ -71,13 +71,14 @@ def execute(cfg: DictConfig) -> float | None:
         torch.use_deterministic_algorithms(True, warn_only=True)
     reader = instantiate(cfg.dataset)  # checks the dataset root and layout before any model is built
     model = task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
+    # What a checkpoint must match to be loaded into this model (checked in eval/predict mode).
     model_config = {
         "task": task.name,
         "backbone": cfg.backbone.name,
         "timm_name": cfg.backbone.timm_name,
         "tiny": bool(cfg.backbone.get("tiny", False)),
-        "input_size": int(task.input_size),
-        "decoder": OmegaConf.to_container(cfg.task.get("decoder"), resolve=True),
+        "input_size": getattr(task, "input_size", None),
+        "decoder": OmegaConf.to_container(cfg.task.decoder, resolve=True) if "decoder" in cfg.task else None,
     }
     trainer = Trainer(cfg.trainer, task, model, output_dir, cfg.seed, fp, model_config)
     cache_dir = str(Path(cfg.paths.cache_dir) / "decoded") if cfg.cache else None

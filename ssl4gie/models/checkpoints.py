@@ -13,6 +13,7 @@ objects is refused with an explanation, never loaded with ``weights_only=False``
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -100,7 +101,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
             obj: Any = load_file(path, device="cpu")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            # MAE training checkpoints keep their argparse.Namespace under 'args': a plain attribute bag, safe to
+            # allow; everything else that needs a Python global is still refused by the weights-only unpickler.
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         if found is None:  # the weights-only unpickler also rejects garbage bytes
@@ -109,8 +113,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"Checkpoint {path} contains pickled Python objects ({found.group(1)}) that would have to be executed "
             "to load it; ssl4gie refuses to run code from checkpoint files (torch.load weights_only=True). "
             "If you trust the file, re-save just its tensors once, e.g. "
-            "`ckpt = torch.load(path, weights_only=False); torch.save({'model': ckpt['model']}, new_path)` "
-            "(MAE training checkpoints keep an argparse.Namespace under 'args')."
+            "`ckpt = torch.load(path, weights_only=False); torch.save({'model': ckpt['model']}, new_path)`."
         ) from err
     except Exception as err:  # torch reports corrupt files as OSError, RuntimeError, EOFError, KeyError, ...
         raise _corrupt(path, err) from err

@@ -1,20 +1,101 @@
-"""Backbone initialisation per pretraining row (random, supervised ImageNet, MoCo v3, Barlow Twins, MAE)."""
+"""Backbone initialisation per pretraining row: random, supervised ImageNet (timm hub or a local file), and the
+self-supervised releases (MoCo v3, Barlow Twins, MAE) read as published by :mod:`ssl4gie.models.checkpoints`.
+
+Where the weights come from, in order: ``pretraining.checkpoint`` (an explicit file), ``paths.weights_dir/<files.
+<backbone>>`` (the documented file name of the row), then timm's hub tag (``hub.<backbone>``) where the row has one.
+"""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
+import timm
 from omegaconf import DictConfig
 from torch import nn
+
+from ssl4gie.errors import ConfigError
+from ssl4gie.models.checkpoints import CheckpointError, LoadReceipt, load_backbone_weights
 
 log = logging.getLogger(__name__)
 
 
+def weights_file(pretraining: DictConfig, backbone: DictConfig, weights_dir: str | Path) -> Path | None:
+    """The local file to load for this row, or None if it should come from the hub."""
+    if pretraining.get("checkpoint"):
+        path = Path(pretraining.checkpoint).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"pretraining.checkpoint={path} does not exist")
+        return path
+    name = (pretraining.get("files") or {}).get(backbone.name)
+    if name and (Path(weights_dir) / name).is_file():
+        return Path(weights_dir) / name
+    if (pretraining.get("hub") or {}).get(backbone.name):
+        return None
+    where = Path(weights_dir) / name if name else "a file"
+    url = (pretraining.get("urls") or {}).get(backbone.name, "the row's source (README: Pretrained weights)")
+    raise ConfigError(
+        f"pretraining={pretraining.name} needs the weights of backbone={backbone.name}: download {url} "
+        f"to {where} (paths.weights_dir), or pass pretraining.checkpoint=PATH"
+    )
+
+
+def _from_hub(
+    encoder: nn.Module, tag: str, pretraining: DictConfig, backbone: DictConfig, weights_dir: str | Path
+) -> str:
+    """Copy timm's pretrained weights for ``tag`` into ``encoder`` (timm resamples position embeddings itself)."""
+    kwargs = {"num_classes": 0}
+    if backbone.get("img_size_kwarg"):
+        kwargs[backbone.img_size_kwarg] = encoder.patch_embed.img_size[0]
+    try:
+        source = timm.create_model(tag, pretrained=True, **kwargs)
+    except Exception as e:  # no network, hub down, proxy: tell the user exactly which file to fetch by hand
+        name = pretraining.files.get(backbone.name)
+        raise ConfigError(
+            f"could not download timm weights '{tag}' for pretraining={pretraining.name} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160]}). Download {pretraining.urls.get(backbone.name)} to "
+            f"{Path(weights_dir) / name} (paths.weights_dir), or pass pretraining.checkpoint=PATH"
+        ) from e
+    missing, unexpected = encoder.load_state_dict(source.state_dict(), strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"timm weights '{tag}' do not fit backbone={backbone.name} (backbone.tiny must be false): "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return f"loaded {len(source.state_dict())} backbone tensors from timm hub weights '{tag}'"
+
+
 def load_pretrained(
-    encoder: nn.Module, pretraining: DictConfig, backbone: DictConfig, weights_dir: str, input_size: int
-):
-    """Initialise ``encoder`` as the pretraining row says; returns the load receipt (None for random init)."""
+    encoder: nn.Module,
+    pretraining: DictConfig,
+    backbone: DictConfig,
+    weights_dir: str | Path,
+    input_size: int | None = None,
+) -> LoadReceipt | None:
+    """Initialise ``encoder`` (a bare timm backbone) as the pretraining row says and log the load receipt.
+
+    MoCo v3 / MAE ViTs keep their fixed sin-cos position embedding frozen (``train_pos_embed: false``, the study's
+    setting); the patch projection is trainable (MoCo v3 pretrained it frozen, the study finetunes it).
+    """
     if pretraining.name == "random":
         log.info("backbone %s: random initialisation (timm defaults)", backbone.name)
         return None
-    raise NotImplementedError(pretraining.name)
+    path = weights_file(pretraining, backbone, weights_dir)
+    receipt = None
+    if path is None:
+        log.info(
+            "backbone %s: %s",
+            backbone.name,
+            _from_hub(encoder, pretraining.hub[backbone.name], pretraining, backbone, weights_dir),
+        )
+    else:
+        receipt = load_backbone_weights(encoder, path, expected_arch=backbone.name)
+    for p in encoder.parameters():
+        p.requires_grad_(True)
+    pos_embed = getattr(encoder, "pos_embed", None)
+    if isinstance(pos_embed, nn.Parameter) and not pretraining.get("train_pos_embed", True):
+        pos_embed.requires_grad_(False)
+        log.info(
+            "backbone %s: position embedding kept frozen (pretraining.train_pos_embed=false)", backbone.name
+        )
+    return receipt

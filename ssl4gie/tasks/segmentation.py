@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 from torch import nn
 
@@ -44,7 +44,7 @@ def build_dense_model(
             f"(backbone={backbone.name}); known families: {sorted(decoders)}"
         )
     spec = decoders[backbone.family]
-    extra = OmegaConf.to_container(spec.get("backbone_kwargs") or {}, resolve=True)
+    extra = dict(spec.get("backbone_kwargs") or {})
     encoder = create_backbone(backbone, input_size, **extra)
     load_pretrained(encoder, pretraining, backbone, weights_dir, input_size)
     indices = list(spec.indices) if spec.get("indices") is not None else evenly_spaced_indices(encoder)

@@ -4,26 +4,28 @@ loads through the real loader into a timm backbone with exactly the original ten
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+from checkpoint_layouts import (  # builders of every official layout
+    ARCH,
+    LAYOUTS,
+    mae_own_training,
+    mlp,
+    mocov3,
+    prefixed,
+    random_like,
+    tiny_backbone,
+)
 from timm.layers import resample_abs_pos_embed
-from timm.models.vision_transformer import Block
-from torch import Tensor
 
 from ssl4gie.models.checkpoints import (
-    CLASSIFIER_HEAD,
-    MAE_DECODER,
-    MOMENTUM_ENCODER,
     PREDICTOR,
     PROJECTOR,
-    TRAINING_STATE,
     CheckpointError,
     LoadReceipt,
     detect_format,
@@ -31,150 +33,6 @@ from ssl4gie.models.checkpoints import (
     load_backbone_weights,
     to_timm_state_dict,
 )
-
-ARCH = {"resnet": "resnet50", "vit": "vit_b"}
-
-
-def tiny_backbone(family: str, img_size: int = 64, num_classes: int = 0) -> torch.nn.Module:
-    """Tiny models from the production factories: same key structure as ResNet-50 / ViT-B."""
-    if family == "resnet":
-        return timm.create_model(
-            "resnet50", layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), num_classes=num_classes
-        )
-    return timm.create_model(
-        "vit_base_patch16_224", embed_dim=32, depth=4, num_heads=2, img_size=img_size, num_classes=num_classes
-    )
-
-
-def random_like(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Values that differ from any fresh initialisation, so a skipped tensor cannot pass unnoticed."""
-    return {k: torch.randn_like(v) if v.is_floating_point() else v + 7 for k, v in sd.items()}
-
-
-def linear(name: str, out_dim: int, in_dim: int) -> dict[str, Tensor]:
-    return {f"{name}.weight": torch.randn(out_dim, in_dim)}  # MoCo v3 / Barlow Twins MLPs use bias=False
-
-
-def batchnorm(name: str, dim: int, affine: bool = True) -> dict[str, Tensor]:
-    sd = {f"{name}.running_mean": torch.randn(dim), f"{name}.running_var": torch.rand(dim)}
-    sd[f"{name}.num_batches_tracked"] = torch.tensor(100)
-    if affine:
-        sd.update({f"{name}.weight": torch.randn(dim), f"{name}.bias": torch.randn(dim)})
-    return sd
-
-
-def mlp(prefix: str, dims: list[int]) -> dict[str, Tensor]:
-    """Linear-BN-ReLU MLP as MoCo v3 builds it: indices 0,1 | 3,4 | 6,7; last BN without affine."""
-    sd: dict[str, Tensor] = {}
-    for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
-        sd |= linear(f"{prefix}.{3 * i}", d_out, d_in)
-        sd |= batchnorm(f"{prefix}.{3 * i + 1}", d_out, affine=i < len(dims) - 2)
-    return sd
-
-
-def prefixed(prefix: str, sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {prefix + k: v for k, v in sd.items()}
-
-
-OPTIMIZER = {"state": {0: {"momentum_buffer": torch.zeros(3)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}
-SCALER = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000}
-
-
-# Each builder takes (family, source backbone state dict) and returns
-# (checkpoint object as released, expected format, expected dropped keys by reason).
-def mocov3(family: str, src: dict[str, Tensor]):
-    width = 256 if family == "resnet" else 32  # tiny ResNet num_features / tiny ViT embed_dim
-    head = "fc" if family == "resnet" else "head"
-    dims = [width, 32, 16] if family == "resnet" else [width, 32, 32, 16]
-    proj = mlp(head, dims)
-    base = prefixed("module.base_encoder.", src | proj)
-    momentum = prefixed("module.momentum_encoder.", random_like(src | proj))
-    pred = prefixed("module.predictor.", mlp("predictor", [16, 32, 16]))
-    top = {"epoch": 100, "arch": ARCH[family], "state_dict": base | momentum | pred}
-    top |= {"optimizer": OPTIMIZER, "scaler": SCALER}
-    dropped = {
-        PROJECTOR: [f"module.base_encoder.{k}" for k in proj],
-        MOMENTUM_ENCODER: list(momentum),
-        PREDICTOR: list(pred),
-        TRAINING_STATE: ["epoch", "arch", "optimizer", "scaler"],
-    }
-    return top, "mocov3", dropped
-
-
-def plain(family: str, src: dict[str, Tensor]):
-    """Re-saved MoCo v3 base encoder / Barlow Twins resnet50.pth / study's released backbones."""
-    return dict(src), "plain", {}
-
-
-def resaved_with_projector(family: str, src: dict[str, Tensor]):
-    """The study README's re-save recipe keeps MoCo v3's projector (fc.N / head.N) in the plain file."""
-    proj = mlp("fc", [256, 32, 16]) if family == "resnet" else mlp("head", [32, 32, 32, 16])
-    return src | proj, "plain", {PROJECTOR: list(proj)}
-
-
-def supervised(family: str, src: dict[str, Tensor]):
-    """torchvision resnet50-19c8e357.pth or a timm ViT state dict, with its 1000-way classifier."""
-    head = {"fc": torch.randn(10, 256)} if family == "resnet" else {"head": torch.randn(10, 32)}
-    name, weight = next(iter(head.items()))
-    cls = {f"{name}.weight": weight, f"{name}.bias": torch.randn(10)}
-    return src | cls, "plain", {CLASSIFIER_HEAD: list(cls)}
-
-
-def ddp_nested(family: str, src: dict[str, Tensor]):
-    return {"state_dict": prefixed("module.", src), "epoch": 3}, "plain", {TRAINING_STATE: ["epoch"]}
-
-
-def barlowtwins_full(family: str, src: dict[str, Tensor]):
-    # projector: Linear-BN-ReLU, Linear-BN-ReLU, Linear; then `bn`, an affine-free BatchNorm on its output
-    proj = linear("module.projector.0", 64, 256) | batchnorm("module.projector.1", 64)
-    proj |= linear("module.projector.3", 64, 64) | batchnorm("module.projector.4", 64)
-    proj |= linear("module.projector.6", 64, 64) | batchnorm("module.bn", 64, affine=False)
-    top = {"epoch": 1000, "model": prefixed("module.backbone.", src) | proj, "optimizer": OPTIMIZER}
-    return top, "barlowtwins_full", {PROJECTOR: list(proj), TRAINING_STATE: ["epoch", "optimizer"]}
-
-
-def mae_decoder() -> dict[str, Tensor]:
-    dec = {"mask_token": torch.randn(1, 1, 16), "decoder_pos_embed": torch.randn(1, 17, 16)}
-    dec |= {"decoder_embed.weight": torch.randn(16, 32), "decoder_embed.bias": torch.randn(16)}
-    for i in range(2):
-        dec |= prefixed(f"decoder_blocks.{i}.", Block(dim=16, num_heads=2).state_dict())
-    dec |= {"decoder_norm.weight": torch.randn(16), "decoder_norm.bias": torch.randn(16)}
-    return dec | {"decoder_pred.weight": torch.randn(768, 16), "decoder_pred.bias": torch.randn(768)}
-
-
-def mae_encoder(family: str, src: dict[str, Tensor]):
-    return {"model": dict(src)}, "mae", {}
-
-
-def mae_full(family: str, src: dict[str, Tensor]):
-    dec = mae_decoder()
-    return {"model": src | dec}, "mae", {MAE_DECODER: list(dec)}
-
-
-def mae_own_training(family: str, src: dict[str, Tensor]):
-    dec = mae_decoder()
-    top = {"model": src | dec, "optimizer": OPTIMIZER, "epoch": 799, "scaler": SCALER}
-    top["args"] = {"model": "mae_vit_base_patch16", "mask_ratio": 0.75}  # the real file holds a Namespace
-    return top, "mae", {MAE_DECODER: list(dec), TRAINING_STATE: ["optimizer", "epoch", "scaler", "args"]}
-
-
-Builder = Callable[[str, dict[str, Tensor]], tuple[dict, str, dict[str, list[str]]]]
-LAYOUTS: list[tuple[str, str, Builder]] = [
-    ("r-50-100ep.pth.tar", "resnet", mocov3),
-    ("vit-b-300ep.pth.tar", "vit", mocov3),
-    ("mocov3_resaved_resnet.pth", "resnet", plain),
-    ("mocov3_resaved_vit.pth", "vit", plain),
-    ("vit-b-resaved.pth", "vit", resaved_with_projector),
-    ("r-50-resaved.pth", "resnet", resaved_with_projector),
-    ("barlowtwins_resnet50.pth", "resnet", plain),
-    ("checkpoint.pth", "resnet", barlowtwins_full),
-    ("resnet50-19c8e357.pth", "resnet", supervised),
-    ("vit_augreg.pth", "vit", supervised),
-    ("ddp.pth", "resnet", ddp_nested),
-    ("mae_pretrain_vit_base.pth", "vit", mae_encoder),
-    ("mae_pretrain_vit_base_full.pth", "vit", mae_full),
-    ("checkpoint-799.pth", "vit", mae_own_training),
-]
 
 
 @pytest.mark.parametrize(
@@ -341,15 +199,18 @@ def test_pickled_code_is_refused_and_not_run(tmp_path):
     assert not marker.exists()
 
 
-def test_mae_training_checkpoint_with_namespace_args_is_refused(tmp_path):
-    """The real MAE training checkpoint stores argparse.Namespace args, which weights_only cannot load."""
+def test_mae_training_checkpoint_with_namespace_args_loads(tmp_path):
+    """The real MAE training checkpoint stores argparse.Namespace args: allowed, still with weights_only=True."""
     path = tmp_path / "checkpoint-799.pth"
-    obj, _, _ = mae_own_training("vit", tiny_backbone("vit").state_dict())
+    source = tiny_backbone("vit")
+    obj, _, _ = mae_own_training("vit", source.state_dict())
     obj["args"] = argparse.Namespace(model="mae_vit_base_patch16", mask_ratio=0.75)
     torch.save(obj, path)
-    with pytest.raises(CheckpointError, match="pickled Python objects") as err:
-        load_backbone_weights(tiny_backbone("vit"), path, "vit_b")
-    assert "argparse.Namespace" in str(err.value)
+    target = tiny_backbone("vit")
+    receipt = load_backbone_weights(target, path, "vit_b")
+    assert receipt.format == "mae"
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
 
 
 def test_non_dict_and_unknown_layouts_are_reported(tmp_path):

@@ -1,0 +1,96 @@
+"""Shared fixtures: compose the *real* Hydra config, shrink it (tiny backbones, few epochs), run it in-process.
+
+Tests exercise the same code path as ``python run.py ...``; only sizes differ.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Shrunken variants with the production key structure (see conf/backbone/*.yaml: tiny_kwargs).
+TINY = ["backbone.tiny=true"]
+# Small decoders, so CPU loops stay fast; the real widths are checked in the model tests.
+SMALL_DECODERS = [
+    "task.decoder.vit.head.reassemble_channels=[8,8,16,16]",
+    "task.decoder.vit.head.features=16",
+    "task.decoder.resnet.head.channels=16",
+    "task.decoder.resnet.head.low_proj_channels=8",
+]
+FAST = [
+    "trainer.epochs=1",
+    "trainer.batch_size=4",
+    "trainer.num_workers=0",
+    "trainer.progress=false",
+    "trainer.device=cpu",
+    "trainer.num_figures=2",
+    "task.input_size=64",
+]
+
+
+def compose_config(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+    """The real config with ``overrides``; ``paths.output_dir`` set since no Hydra run is active."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture
+def tmp_paths(tmp_path: Path) -> list[str]:
+    """Overrides that keep every data, cache and output path of a run inside the test's folder."""
+    return [
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"paths.output_root={tmp_path / 'outputs'}",
+        f"paths.weights_dir={tmp_path / 'weights'}",
+    ]
+
+
+def run_cli(
+    args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``python run.py args...`` in a subprocess, as a user would type it."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def kvasir_tiny(tmp_path_factory) -> Path:
+    """A small synthetic dataset in the exact Kvasir-SEG layout (shared, read-only)."""
+    from ssl4gie.data.synthetic import write_kvasir_seg
+
+    return write_kvasir_seg(
+        tmp_path_factory.mktemp("data") / "Kvasir-SEG", n=12, seed=0, size_range=(64, 112)
+    )
+
+
+def segmentation_overrides(root: Path, tmp_path: Path, *extra: str) -> list[str]:
+    """A one-epoch tiny segmentation run on ``root`` with every path inside ``tmp_path``."""
+    return [
+        f"dataset.root={root}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"paths.weights_dir={tmp_path / 'w'}",
+        f"paths.output_root={tmp_path / 'outputs'}",
+        *TINY,
+        *SMALL_DECODERS,
+        *FAST,
+        *extra,
+    ]
