@@ -50,8 +50,8 @@ write_if_changed() {
 # stop DAEMON: stop it through the pid it recorded, so nothing else with that name is touched.
 stop() {
   local pid
-  pid=$(cat "$RUN_DIR/$1.pid" 2>/dev/null || pgrep -x "$1" || true)
-  [[ -n $pid ]] && kill $pid 2>/dev/null || true
+  pid=$(cat "$RUN_DIR/$1.pid" 2>/dev/null || pgrep -x -o "$1" || true)
+  if [[ -n $pid ]]; then kill "$pid" 2>/dev/null || true; fi
   wait_for 10 bash -c "! pgrep -x $1" || die "$1 did not stop"
 }
 
@@ -61,7 +61,9 @@ stop() {
 pkgs=(slurm-wlm munge)
 [[ $ACCOUNTING == 1 ]] && pkgs+=(slurmdbd mariadb-server)
 missing=()
-for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for p in "${pkgs[@]}"; do
+  [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
+done
 if ((${#missing[@]})); then
   say "installing ${missing[*]} with apt-get"
   export DEBIAN_FRONTEND=noninteractive
@@ -93,6 +95,7 @@ install -d -m 0755 /etc/slurm "$STATE_DIR" "$SPOOL_DIR" "$LOG_DIR" "$RUN_DIR"
 # 3. Accounting: MariaDB on its unix socket, slurmdbd in front of it.
 if [[ $ACCOUNTING == 1 ]]; then
   if ! running mariadbd; then
+    command -v mariadbd >/dev/null || die "mariadbd not found (is mariadb-server installed?)"
     say "starting mariadbd"
     install -d -o mysql -g mysql -m 0755 /run/mysqld
     # slurmdbd asks for a long lock wait (it logs an error otherwise); its wish for a large
@@ -147,8 +150,8 @@ SlurmctldHost=$host
 SlurmUser=root
 AuthType=auth/munge
 # A requeued job may not start again before its credential expires (default 120 s); keep requeue
-# tests fast. Too short a lifetime breaks slow job launches, 30 s is ample on one node.
-AuthInfo=cred_expire=30
+# tests fast. Too short a lifetime breaks slow step launches; 10 s is ample on one idle node.
+AuthInfo=cred_expire=10
 CredType=cred/munge
 MpiDefault=none
 SwitchType=switch/none
@@ -221,6 +224,6 @@ esac
 out=$(timeout 30 srun -N1 -n1 -p "$PARTITION" hostname) || die "srun -N1 -n1 hostname failed"
 if [[ $ACCOUNTING == 1 ]]; then
   # slurmctld registers the cluster with slurmdbd on its own; sacct must now list jobs.
-  wait_for 20 sacct -n -X -a -S now-1hour || die "sacct does not answer (see $LOG_DIR/slurmdbd.log)"
+  wait_for 20 sacct -n -X -a -S now-3600 || die "sacct does not answer (see $LOG_DIR/slurmdbd.log)"
 fi
 say "srun hostname -> $out; cluster ready (partition '$PARTITION', CPUs=$cpus, RealMemory=${mem_mb}MB)"

@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ssl4gie import config as config_checks
@@ -57,7 +56,7 @@ def execute(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     fp = config_checks.fingerprint(cfg)
-    task = instantiate(cfg.task, _recursive_=False)
+    task = config_checks.instantiate_checked(cfg.task, _recursive_=False)
     if cfg.mode == "train" and (done := completed_metrics(output_dir, fp)) is not None:
         log.info(
             "%s already holds a complete run of this configuration; nothing to do",
@@ -69,7 +68,7 @@ def execute(cfg: DictConfig) -> float | None:
     torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    reader = instantiate(cfg.dataset)  # checks the dataset root and layout before any model is built
+    reader = config_checks.instantiate_checked(cfg.dataset)  # checks the dataset root and layout before any model is built
     model = task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
     # What a checkpoint must match to be loaded into this model (checked in eval/predict mode).
     model_config = {

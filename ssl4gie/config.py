@@ -87,3 +87,22 @@ def fingerprint(cfg: DictConfig) -> str:
 def row_code(cfg: DictConfig) -> str:
     """The study's row code, e.g. RN-IN-MC or VT-NA-NA (SPEC 2.1)."""
     return f"{cfg.backbone.code}-{cfg.pretraining.code}"
+
+
+def instantiate_checked(node: DictConfig, **kwargs):
+    """``hydra.utils.instantiate``, but a user-facing error raised by the target comes out as itself.
+
+    Hydra wraps every exception of a ``_target_`` in an InstantiationException with a multi-line message; a
+    DatasetError from a reader should reach the user as its own one line.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from ssl4gie.errors import Ssl4gieError
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, Ssl4gieError):
+            raise e.__cause__ from None
+        raise
