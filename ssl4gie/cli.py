@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+import traceback
 from pathlib import Path
 
+import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ssl4gie import config as config_checks
+from ssl4gie.engine import distributed
 from ssl4gie.engine.checkpoint import check_model_config, read_run_checkpoint
 from ssl4gie.engine.trainer import Trainer
 from ssl4gie.errors import Ssl4gieError
@@ -29,16 +33,42 @@ def _multirun() -> bool:
 def run(cfg: DictConfig) -> float | None:
     """Hydra task function; returns the monitored validation metric (for sweepers).
 
-    A user-input problem (:class:`Ssl4gieError`) is logged as one line and ends a single run with exit status 2;
-    in a multirun it is raised so that the launcher records the failed cell.
+    A user-input problem (:class:`Ssl4gieError`) is logged as one line and ends a single run with exit status 2.
+    In a multirun every failure is recorded in the cell's ``failed.json`` and raised, so that the launcher marks the
+    cell failed while the other cells go on.
     """
+    output_dir = Path(cfg.paths.output_dir)
     try:
-        return execute(cfg)
-    except Ssl4gieError as e:
-        log.error("%s", e)
-        if _multirun():
-            raise
-        raise SystemExit(2) from None
+        result = execute(cfg)
+        (output_dir / "failed.json").unlink(missing_ok=True)  # a rerun that succeeded
+        return result
+    except Exception as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            record_failure(output_dir, e)
+        if isinstance(e, Ssl4gieError):
+            log.error("%s", e)
+            if not _multirun():
+                raise SystemExit(2) from None
+        raise
+    finally:
+        distributed.teardown()
+
+
+def record_failure(output_dir: Path, error: BaseException) -> None:
+    """``failed.json`` beside the run's log: what went wrong, for people and for ``ssl4gie.results``."""
+    try:
+        write_json(
+            output_dir / "failed.json",
+            {
+                "error": str(error),
+                "type": type(error).__name__,
+                "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "user_error": isinstance(error, Ssl4gieError),
+                "traceback": traceback.format_exc(limit=20),
+            },
+        )
+    except OSError:
+        log.exception("could not write %s", output_dir / "failed.json")
 
 
 def completed_metrics(output_dir: Path, fp: str) -> dict | None:
@@ -64,11 +94,14 @@ def execute(cfg: DictConfig) -> float | None:
         )
         return done.get(task.monitor)
 
-    seed_everything(cfg.seed)
+    dist_env = distributed.setup(cfg.trainer.device)
+    seed_everything(cfg.seed + dist_env.rank)  # ranks augment differently; DDP broadcasts rank 0's weights
     torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    reader = config_checks.instantiate_checked(cfg.dataset)  # checks the dataset root and layout before any model is built
+    reader = config_checks.instantiate_checked(
+        cfg.dataset
+    )  # checks the dataset root and layout before the model
     model = task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
     # What a checkpoint must match to be loaded into this model (checked in eval/predict mode).
     model_config = {
@@ -79,7 +112,9 @@ def execute(cfg: DictConfig) -> float | None:
         "input_size": getattr(task, "input_size", None),
         "decoder": OmegaConf.to_container(cfg.task.decoder, resolve=True) if "decoder" in cfg.task else None,
     }
-    trainer = Trainer(cfg.trainer, task, model, output_dir, cfg.seed, fp, model_config)
+    trainer = Trainer(cfg.trainer, task, model, output_dir, cfg.seed, fp, model_config, dist_env)
+    # Tasks that can augment a batch on the GPU skip it in the loader workers (trainer.gpu_augment).
+    task.augment_on_device = trainer.device.type == "cuda" and bool(cfg.trainer.get("gpu_augment", True))
     cache_dir = str(Path(cfg.paths.cache_dir) / "decoded") if cfg.cache else None
     progress = bool(cfg.trainer.progress)
 
@@ -94,6 +129,7 @@ def execute(cfg: DictConfig) -> float | None:
         "mode": cfg.mode,
         "fingerprint": fp,
         "device": str(trainer.device),
+        "world_size": dist_env.world_size,
         "monitor": task.monitor,
     }
     metrics: dict = {}
@@ -109,13 +145,17 @@ def execute(cfg: DictConfig) -> float | None:
             len(data["test"]),
         )
         trainer.fit(data["train"], data["val"])
+        if not dist_env.is_main:
+            return None
         best = read_run_checkpoint(output_dir / "best.pt")
         model.load_state_dict(best["model"])
         best_row = next(h for h in best["history"] if h["epoch"] == best["best_epoch"])
         metrics.update({k: v for k, v in best_row.items() if k.startswith("val/")})
         facts.update(epochs=int(cfg.trainer.epochs), best_epoch=int(best["best_epoch"]))
-        write_history(output_dir, trainer.history)
+        save_dataframe_csv(output_dir / "history.csv", pd.DataFrame(trainer.history))
     else:
+        if not dist_env.is_main:
+            return None
         ckpt = read_run_checkpoint(cfg.ckpt)
         check_model_config(ckpt, model_config, cfg.ckpt)
         model.load_state_dict(ckpt["model"])
@@ -127,12 +167,10 @@ def execute(cfg: DictConfig) -> float | None:
         data["test"], "test", keep=int(cfg.trainer.num_figures), save_dir=save_dir
     )
     metrics.update(test_metrics)
-    import pandas as pd
-
     save_dataframe_csv(output_dir / "per_image_test.csv", pd.DataFrame(rows))
     figures = task.draw(kept, output_dir / "figures")
     if save_dir is not None:
-        log.info("wrote %d prediction masks to %s", len(rows), save_dir)
+        log.info("wrote %d predictions to %s", len(rows), save_dir)
     log.info("wrote %d figures to %s", len(figures), output_dir / "figures")
     metrics.update(
         facts, n_test=len(data["test"]), wall_time_s=round(time.perf_counter() - start, 2), status="complete"
@@ -142,9 +180,3 @@ def execute(cfg: DictConfig) -> float | None:
         log.info("  %-34s %.4f", key, metrics[key])
     log.info("results in %s", output_dir)
     return metrics.get(task.monitor)
-
-
-def write_history(output_dir: Path, history: list[dict]) -> None:
-    import pandas as pd
-
-    save_dataframe_csv(output_dir / "history.csv", pd.DataFrame(history))

@@ -18,7 +18,11 @@ KEYS = ("test/dice", "test/iou", "test/precision", "test/recall", "val/dice")
 def test_default_config_composes_with_task_default_dataset():
     cfg = compose_config([])
     assert (cfg.task.name, cfg.dataset.name, cfg.backbone.name, cfg.pretraining.name) == (
-        "segmentation", "kvasir_seg", "resnet50", "random")
+        "segmentation",
+        "kvasir_seg",
+        "resnet50",
+        "random",
+    )
     assert cfg.trainer.epochs == 200 and cfg.trainer.lr == 1e-4 and cfg.trainer.weight_decay == 0.01
     assert compose_config(["dataset=cvc_clinicdb"]).dataset.name == "cvc_clinicdb"
 
@@ -40,7 +44,11 @@ def test_train_eval_predict(tmp_path, kvasir_tiny, backbone):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["test/dice_all_background"] == 0.0  # every synthetic image has a polyp
     assert (metrics["task"], metrics["backbone"], metrics["row"], metrics["epochs"]) == (
-        "segmentation", backbone, f"{'RN' if backbone == 'resnet50' else 'VT'}-NA-NA", 1)
+        "segmentation",
+        backbone,
+        f"{'RN' if backbone == 'resnet50' else 'VT'}-NA-NA",
+        1,
+    )
     assert {"best.pt", "last.pt", "per_image_test.csv", "history.csv"} <= {p.name for p in run.iterdir()}
     per_image = pd.read_csv(run / "per_image_test.csv")
     assert list(per_image.columns) == ["name", "dice", "iou", "precision", "recall"] and len(per_image) == 1
@@ -49,13 +57,27 @@ def test_train_eval_predict(tmp_path, kvasir_tiny, backbone):
 
     ckpt = run / "best.pt"
     evaluation = tmp_path / "eval"
-    execute(compose_config(segmentation_overrides(kvasir_tiny, tmp_path, f"backbone={backbone}", "mode=eval",
-                                                  f"ckpt={ckpt}"), evaluation))
-    assert json.loads((evaluation / "metrics.json").read_text())["test/dice"] == pytest.approx(metrics["test/dice"])
+    execute(
+        compose_config(
+            segmentation_overrides(
+                kvasir_tiny, tmp_path, f"backbone={backbone}", "mode=eval", f"ckpt={ckpt}"
+            ),
+            evaluation,
+        )
+    )
+    assert json.loads((evaluation / "metrics.json").read_text())["test/dice"] == pytest.approx(
+        metrics["test/dice"]
+    )
 
     prediction = tmp_path / "predict"
-    execute(compose_config(segmentation_overrides(kvasir_tiny, tmp_path, f"backbone={backbone}", "mode=predict",
-                                                  f"ckpt={ckpt}"), prediction))
+    execute(
+        compose_config(
+            segmentation_overrides(
+                kvasir_tiny, tmp_path, f"backbone={backbone}", "mode=predict", f"ckpt={ckpt}"
+            ),
+            prediction,
+        )
+    )
     masks = list((prediction / "predictions").glob("*.png"))
     assert len(masks) == 1
     name = masks[0].stem
@@ -70,12 +92,19 @@ def test_checkpoint_of_another_backbone_is_refused(tmp_path, kvasir_tiny):
     from ssl4gie.errors import ConfigError
 
     with pytest.raises(ConfigError, match="backbone='resnet50' \\(checkpoint\\) vs 'vit_b'"):
-        execute(compose_config(segmentation_overrides(kvasir_tiny, tmp_path, "backbone=vit_b", "mode=eval",
-                                                      f"ckpt={run / 'best.pt'}"), tmp_path / "eval"))
+        execute(
+            compose_config(
+                segmentation_overrides(
+                    kvasir_tiny, tmp_path, "backbone=vit_b", "mode=eval", f"ckpt={run / 'best.pt'}"
+                ),
+                tmp_path / "eval",
+            )
+        )
 
 
-def test_resume_continues_from_last_epoch_and_matches_an_uninterrupted_run(tmp_path, kvasir_tiny, monkeypatch,
-                                                                           caplog):
+def test_resume_continues_from_last_epoch_and_matches_an_uninterrupted_run(
+    tmp_path, kvasir_tiny, monkeypatch, caplog
+):
     overrides = segmentation_overrides(kvasir_tiny, tmp_path, "trainer.epochs=3")
     execute(compose_config(overrides, tmp_path / "straight"))
     straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
@@ -83,10 +112,10 @@ def test_resume_continues_from_last_epoch_and_matches_an_uninterrupted_run(tmp_p
     # Interrupt the second run during its third epoch: last.pt holds epoch 2, no metrics.json.
     original = Trainer.train_epoch
 
-    def interrupted(self, loader):
-        if self.epoch == 3:
+    def interrupted(self, loader, epoch):
+        if epoch == 3:
             raise KeyboardInterrupt
-        return original(self, loader)
+        return original(self, loader, epoch)
 
     monkeypatch.setattr(Trainer, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):

@@ -1,10 +1,17 @@
 """The training engine: one loop for every task. It only needs ``task.training_step(...)["loss"]``,
-``task.predict`` and ``task.evaluator``."""
+``task.predict`` and ``task.evaluator``.
+
+Distributed data parallel when the environment describes a process group (SLURM job or torchrun): the effective
+batch size stays ``trainer.batch_size`` (micro-batch = batch_size / (accum_steps · world size)), validation runs on
+rank 0 and its monitored value is broadcast, and only rank 0 writes checkpoints.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -12,10 +19,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ssl4gie.data.collate import collate
+from ssl4gie.data.sampler import EpochSampler
+from ssl4gie.engine import distributed
 from ssl4gie.engine.checkpoint import read_run_checkpoint
 from ssl4gie.engine.device import resolve_device, resolve_precision, resolve_workers
 from ssl4gie.errors import ConfigError, Ssl4gieError
@@ -24,6 +34,7 @@ from ssl4gie.utils.io import save_torch
 from ssl4gie.utils.seed import rng_state, seed_worker, set_rng_state
 
 log = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SLURM preemption / submitit's timeout warning
 
 
 def to_device(value: Any, device: torch.device) -> Any:
@@ -35,6 +46,10 @@ def to_device(value: Any, device: torch.device) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(to_device(v, device) for v in value)
     return value
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 class Trainer:
@@ -53,21 +68,43 @@ class Trainer:
         seed: int,
         fingerprint: str,
         model_config: dict,
+        dist_env: distributed.DistEnv | None = None,
     ) -> None:
         self.cfg, self.task, self.output_dir, self.seed = cfg, task, Path(output_dir), seed
         self.fingerprint, self.model_config = fingerprint, model_config
-        self.device = resolve_device(cfg.device)
+        self.dist = dist_env or distributed.DistEnv()
+        device = resolve_device(cfg.device)
+        if device.type == "cuda" and self.dist.enabled:
+            device = torch.device("cuda", self.dist.local_rank)
+        self.device = device
         self.dtype = resolve_precision(cfg.precision, self.device)
         self.num_workers = resolve_workers(cfg.num_workers)
-        if cfg.batch_size % cfg.accum_steps:
+        per_step = cfg.accum_steps * self.dist.world_size
+        if cfg.batch_size % per_step:
             raise ConfigError(
-                f"trainer.batch_size={cfg.batch_size} is not divisible by "
-                f"trainer.accum_steps={cfg.accum_steps}"
+                f"trainer.batch_size={cfg.batch_size} must be divisible by trainer.accum_steps="
+                f"{cfg.accum_steps} × {self.dist.world_size} processes"
             )
-        self.micro_batch = cfg.batch_size // cfg.accum_steps
-        self.model = model.to(self.device)
+        self.micro_batch = cfg.batch_size // per_step
+
+        self.channels_last = self.device.type == "cuda" and cfg.get("channels_last", True)
+        if self.dist.enabled and self.device.type == "cuda" and _has_batchnorm(model):
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the study's SyncBN (needs GPUs)
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model  # the bare module: state dicts, evaluation
+        self.train_model: nn.Module = model
+        if self.dist.enabled:
+            self.train_model = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if cfg.get("compile", False):
+            self.train_model = torch.compile(self.train_model)
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=self.device.type == "cuda"
+        )
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer,
             mode=task.monitor_mode,
@@ -78,27 +115,45 @@ class Trainer:
             eps=cfg.scheduler.get("eps", 1e-8),
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.epoch, self.best, self.best_epoch, self.history = 0, None, None, []
+        self.epoch, self.step_in_epoch, self.best, self.best_epoch, self.history = 0, 0, None, None, []
         self.generator = torch.Generator()
+        self.stop_signal: int | None = None
 
     # ----------------------------------------------------------------------------------------------------- data
     def loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        drop_last = train and len(dataset) > self.micro_batch  # never drop a whole tiny split
+        sampler = None
+        if train:
+            sampler = EpochSampler(
+                len(dataset),
+                self.seed,
+                self.dist.world_size,
+                self.dist.rank,
+                self.micro_batch,
+                drop_last=len(dataset) >= self.micro_batch * self.dist.world_size,
+            )
+        workers = self.num_workers
         return DataLoader(
             dataset,
             batch_size=self.micro_batch,
-            shuffle=train,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=workers,
             collate_fn=collate,
             worker_init_fn=seed_worker,
             generator=self.generator,
             pin_memory=self.device.type == "cuda",
+            prefetch_factor=self.cfg.get("prefetch_factor", 4) if workers else None,
             persistent_workers=False,
         )
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def _prepare(self, batch: dict) -> dict:
+        batch = to_device(batch, self.device)
+        if self.channels_last and isinstance(batch.get("image"), torch.Tensor) and batch["image"].ndim == 4:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
 
     # --------------------------------------------------------------------------------------------- checkpoints
     def state(self) -> dict:
@@ -108,6 +163,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
             "best": self.best,
             "best_epoch": self.best_epoch,
             "history": self.history,
@@ -116,6 +172,14 @@ class Trainer:
             "model_config": self.model_config,
             "task_state": self.task.extra_state(),
         }
+
+    def save(self, *names: str) -> None:
+        """Rank 0 writes the state under each name (atomically); everyone waits for it."""
+        if self.dist.is_main:
+            state = self.state()
+            for name in names:
+                save_torch(self.output_dir / name, state)
+        distributed.barrier(self.dist)
 
     def resume(self) -> bool:
         """Continue from ``last.pt`` in the run folder, if there is one. Returns whether it resumed."""
@@ -133,18 +197,43 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.best, self.best_epoch = ckpt["epoch"], ckpt["best"], ckpt["best_epoch"]
+        self.step_in_epoch = ckpt.get("step_in_epoch", 0)
         self.history = list(ckpt["history"])
         set_rng_state(ckpt["rng"])
+        where = f"epoch {self.epoch}/{self.cfg.epochs}"
+        if self.step_in_epoch:
+            where = f"step {self.step_in_epoch} of epoch {self.epoch + 1}/{self.cfg.epochs}"
         log.info(
-            "resumed from %s after epoch %d/%d (best %s %.4f at epoch %s)",
+            "resumed from %s after %s (best %s %.4f at epoch %s)",
             path,
-            self.epoch,
-            self.cfg.epochs,
+            where,
             self.task.monitor,
             self.best if self.best is not None else math.nan,
             self.best_epoch,
         )
         return True
+
+    # ------------------------------------------------------------------------------------------------- signals
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signum  # acted on at the next step boundary, where the state is consistent
+
+    def _stop_now(self) -> None:
+        """Save a mid-epoch ``last.pt``, then let the previous handler (e.g. submitit's requeue) take the signal."""
+        signum = self.stop_signal
+        log.warning(
+            "received %s: saving last.pt at step %d of epoch %d",
+            signal.Signals(signum).name,
+            self.step_in_epoch,
+            self.epoch + 1,
+        )
+        self.save("last.pt")
+        previous = self._previous_handlers.get(signum, signal.SIG_DFL)
+        signal.signal(signum, previous)
+        if callable(previous):
+            previous(signum, None)
+        else:
+            os.kill(os.getpid(), signum)  # default action: terminate, as if we had not intercepted it
+        raise SystemExit(128 + signum)  # a handler that returned, or an ignored signal: still stop here
 
     # ---------------------------------------------------------------------------------------------------- loop
     def fit(self, train_set: Dataset, val_set: Dataset) -> None:
@@ -156,86 +245,105 @@ class Trainer:
                 f"the train split has {len(train_set)} samples: too few for trainer.batch_size="
                 f"{self.cfg.batch_size}"
             )
-        while self.epoch < self.cfg.epochs:
-            self.epoch += 1
-            self.generator.manual_seed(self.seed * 100_003 + self.epoch)  # same shuffling after a resume
-            start = time.perf_counter()
-            train_stats = self.train_epoch(train_loader)
+        self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        try:
+            while self.epoch < self.cfg.epochs:
+                self._run_epoch(train_loader, val_set)
+        finally:
+            for s, handler in self._previous_handlers.items():
+                signal.signal(s, handler)
+
+    def _run_epoch(self, train_loader: DataLoader, val_set: Dataset) -> None:
+        epoch = self.epoch + 1
+        self.generator.manual_seed(self.seed * 100_003 + epoch)  # worker seeds: same after a resume
+        train_loader.sampler.set_epoch(epoch, skip=self.step_in_epoch * self.micro_batch)
+        start = time.perf_counter()
+        train_stats = self.train_epoch(train_loader, epoch)
+        self.epoch, self.step_in_epoch = epoch, 0
+        value = None
+        val_metrics: dict[str, float] = {}
+        if self.dist.is_main:
             val_metrics, _, _ = self.evaluate(val_set, "val")
             value = val_metrics[self.task.monitor]
-            self.scheduler.step(value)
-            improved = self.best is None or (
-                value > self.best if self.task.monitor_mode == "max" else value < self.best
-            )
-            if improved:
-                self.best, self.best_epoch = value, self.epoch
-            self.history.append(
-                {
-                    "epoch": self.epoch,
-                    **train_stats,
-                    **val_metrics,
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    "epoch_time_s": time.perf_counter() - start,
-                }
-            )
-            state = self.state()
-            if improved:
-                save_torch(self.output_dir / "best.pt", state)
-            save_torch(self.output_dir / "last.pt", state)  # after best.pt: a resumed run always has its best
-            log.info(
-                "epoch %d/%d  train/loss %.4f  %s %.4f%s  lr %.1e  data wait %.0f%%  (%.1f s)",
-                self.epoch,
-                self.cfg.epochs,
-                train_stats["train/loss"],
-                self.task.monitor,
-                value,
-                " *" if improved else "",
-                self.optimizer.param_groups[0]["lr"],
-                100 * train_stats["train/data_wait"],
-                time.perf_counter() - start,
-            )
+        value = distributed.broadcast_float(value, self.dist, self.device)
+        self.scheduler.step(value)
+        improved = self.best is None or (
+            value > self.best if self.task.monitor_mode == "max" else value < self.best
+        )
+        if improved:
+            self.best, self.best_epoch = value, self.epoch
+        self.history.append(
+            {
+                "epoch": self.epoch,
+                **train_stats,
+                **val_metrics,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "epoch_time_s": time.perf_counter() - start,
+            }
+        )
+        self.save(
+            *(("best.pt", "last.pt") if improved else ("last.pt",))
+        )  # best first: last always has a best
+        log.info(
+            "epoch %d/%d  train/loss %.4f  %s %.4f%s  lr %.1e  data wait %.0f%%  (%.1f s)",
+            self.epoch,
+            self.cfg.epochs,
+            train_stats["train/loss"],
+            self.task.monitor,
+            value,
+            " *" if improved else "",
+            self.optimizer.param_groups[0]["lr"],
+            100 * train_stats["train/data_wait"],
+            time.perf_counter() - start,
+        )
 
-    def train_epoch(self, loader: DataLoader) -> dict[str, float]:
-        self.model.train()
+    def train_epoch(self, loader: DataLoader, epoch: int) -> dict[str, float]:
+        self.train_model.train()
         accum = self.cfg.accum_steps
         total, count, data_time = 0.0, 0, 0.0
         self.optimizer.zero_grad(set_to_none=True)
         start = tick = time.perf_counter()
         bar = tqdm(
             loader,
-            desc=f"epoch {self.epoch}/{self.cfg.epochs}",
+            desc=f"epoch {epoch}/{self.cfg.epochs}",
             leave=False,
-            disable=None if self.cfg.progress else True,
+            disable=None if self.cfg.progress and self.dist.is_main else True,
         )
-        for step, batch in enumerate(bar, 1):
+        for batch in bar:
             data_time += time.perf_counter() - tick
-            batch = to_device(batch, self.device)
+            batch = self._prepare(batch)
             with self.autocast():
-                out = self.task.training_step(self.model, batch)
+                out = self.task.training_step(self.train_model, batch)
             loss = out["loss"]
             if not torch.isfinite(loss):
                 raise Ssl4gieError(
-                    f"training loss is {loss.item()} at epoch {self.epoch}, step {step}; "
+                    f"training loss is {loss.item()} at epoch {epoch}, step {count + 1}; "
                     f"try a lower trainer.lr or trainer.precision=fp32"
                 )
             self.scaler.scale(loss / accum).backward()
-            if step % accum == 0:
+            count += 1
+            if count % accum == 0:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
+                self.step_in_epoch += accum
+                if self.stop_signal is not None:
+                    self._stop_now()
             total += loss.item()
-            count += 1
             bar.set_postfix(loss=f"{total / count:.4f}")
             tick = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)  # a trailing incomplete accumulation is dropped
         elapsed = time.perf_counter() - start
-        return {"train/loss": total / max(count, 1), "train/data_wait": data_time / max(elapsed, 1e-9)}
+        mean_loss = distributed.mean_over_ranks(total / max(count, 1), self.dist, self.device)
+        return {"train/loss": mean_loss, "train/data_wait": data_time / max(elapsed, 1e-9)}
 
     @torch.no_grad()
     def evaluate(
         self, dataset: Dataset, split: str, keep: int = 0, save_dir: Path | None = None
     ) -> tuple[dict[str, float], list[dict], list[dict]]:
-        """Metrics of ``split`` as ``{"<split>/<metric>": value}``, per-image rows, and ``keep`` items to draw."""
+        """Metrics of ``split`` as ``{"<split>/<metric>": value}``, per-image rows, and ``keep`` items to draw.
+
+        Runs on the bare model in this process (rank 0 under DDP)."""
         self.model.eval()
         evaluator = self.task.evaluator(keep=keep, save_dir=save_dir)
         for batch in tqdm(
@@ -244,7 +352,7 @@ class Trainer:
             leave=False,
             disable=None if self.cfg.progress else True,
         ):
-            batch = to_device(batch, self.device)
+            batch = self._prepare(batch)
             with self.autocast():
                 outputs = self.task.predict(self.model, batch)
             evaluator.process(batch, outputs)

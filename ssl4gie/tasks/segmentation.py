@@ -16,6 +16,7 @@ from torch import nn
 
 from ssl4gie.data.readers import open_image
 from ssl4gie.data.segmentation import SegmentationDataset
+from ssl4gie.data.transforms import SegmentationTrainTransform
 from ssl4gie.errors import ConfigError
 from ssl4gie.losses import soft_dice_loss
 from ssl4gie.metrics.segmentation import SegmentationMetricAccumulator, binary_metrics
@@ -53,6 +54,12 @@ def build_dense_model(
     return EncoderDecoder(encoder, decoder, indices, frozen=frozen)
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return (
+        torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    )
+
+
 class SegmentationTask(Task):
     def __init__(
         self,
@@ -66,6 +73,8 @@ class SegmentationTask(Task):
     ) -> None:
         self.name, self.input_size, self.monitor, self.monitor_mode = name, input_size, monitor, monitor_mode
         self.threshold, self.augment, self.decoders = threshold, augment, decoder
+        self.augment_on_device = False  # set by the CLI on CUDA: augment batches on the GPU, not in workers
+        self.device_transform = SegmentationTrainTransform()
 
     def build_model(self, backbone, pretraining, frozen, weights_dir) -> nn.Module:
         return build_dense_model(
@@ -82,13 +91,21 @@ class SegmentationTask(Task):
                 train=(s == "train" and self.augment),
                 cache_dir=cache_dir,
                 progress=progress,
+                device_augment=self.augment_on_device,
             )
             for s in splits
         }
 
     def training_step(self, model, batch):
-        logits = model(batch["image"])
-        return {"loss": soft_dice_loss(logits.float(), batch["target"].float())}
+        images, targets = batch["image"], batch["target"]
+        if images.dtype == torch.uint8:  # un-augmented samples: augment each one here, on the batch's device
+            pairs = [self.device_transform(i, t) for i, t in zip(images, targets, strict=True)]
+            images = torch.stack([p[0] for p in pairs]).contiguous(
+                memory_format=_memory_format(batch["image"])
+            )
+            targets = torch.stack([p[1] for p in pairs])
+        logits = model(images)
+        return {"loss": soft_dice_loss(logits.float(), targets.float())}
 
     def predict(self, model, batch):
         return model(batch["image"]).float()
