@@ -1,0 +1,196 @@
+"""Segmentation datasets: readers of Kvasir-SEG and CVC-ClinicDB as published, and the torch Dataset.
+
+Images and masks are paired **by file name** (stem), never by sorted position; the split indices refer to the
+image list sorted by file name, as in the study (SPEC 3.3).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ssl4gie.data import cache as decoded_cache
+from ssl4gie.data.readers import ensure_root, list_images, open_image, require_dir
+from ssl4gie.data.splits import study_split
+from ssl4gie.data.transforms import SegmentationTrainTransform, normalize
+from ssl4gie.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentationItem:
+    name: str
+    image: Path
+    mask: Path
+
+
+class SegmentationFolders:
+    """A dataset with one folder of images and one folder of masks that share file names."""
+
+    title = ""
+    image_dir = ""
+    mask_dir = ""
+
+    def __init__(
+        self,
+        root: str,
+        name: str,
+        task: str = "segmentation",
+        split: str = "study",
+        download: str | None = None,
+        synthetic: dict | None = None,
+    ) -> None:
+        self.name, self.task, self.split_name, self.download = name, task, split, download
+        self.layout = (
+            f"<root>/{self.image_dir}/<id>.<jpg|png|tif> and <root>/{self.mask_dir}/<id>.<jpg|png|tif>"
+        )
+        self.root = ensure_root(root, self.title, self.layout, download, synthetic, self._writer())
+        self.items = self._pair()
+
+    @staticmethod
+    def _writer():
+        return None
+
+    def _pair(self) -> list[SegmentationItem]:
+        images = list_images(require_dir(self.root, self.image_dir, self.title, self.layout))
+        masks = list_images(require_dir(self.root, self.mask_dir, self.title, self.layout))
+        if not images:
+            raise DatasetError(f"no images in {self.root / self.image_dir} (expected {self.layout})")
+        by_stem = {}
+        for mask in masks:
+            if mask.stem in by_stem:
+                raise DatasetError(f"two masks for image id '{mask.stem}': {by_stem[mask.stem]} and {mask}")
+            by_stem[mask.stem] = mask
+        items = []
+        for image in images:
+            mask = by_stem.pop(image.stem, None)
+            if mask is None:
+                raise DatasetError(
+                    f"image {image} has no mask: expected {self.root / self.mask_dir / image.stem}.*"
+                )
+            items.append(SegmentationItem(image.stem, image, mask))
+        if by_stem:
+            orphan = next(iter(by_stem.values()))
+            raise DatasetError(
+                f"mask {orphan} has no image: expected {self.root / self.image_dir / orphan.stem}.*"
+                f" ({len(by_stem)} unpaired mask(s))"
+            )
+        return items
+
+    def splits(self) -> dict[str, list[int]]:
+        """Index lists into ``items`` for train/val/test."""
+        if self.split_name != "study":
+            raise DatasetError(f"unknown split '{self.split_name}' (option dataset.split); valid: study")
+        return study_split(len(self.items))
+
+
+class KvasirSeg(SegmentationFolders):
+    title = "Kvasir-SEG"
+    image_dir = "images"
+    mask_dir = "masks"
+
+    @staticmethod
+    def _writer():
+        from ssl4gie.data.synthetic import write_kvasir_seg
+
+        return write_kvasir_seg
+
+
+class CVCClinicDB(SegmentationFolders):
+    title = "CVC-ClinicDB"
+    image_dir = "Original"
+    mask_dir = "Ground Truth"
+
+    @staticmethod
+    def _writer():
+        from ssl4gie.data.synthetic import write_cvc_clinicdb
+
+        return write_cvc_clinicdb
+
+
+def decode_pair(item: SegmentationItem, size: int) -> dict[str, np.ndarray]:
+    """Image (S×S×3 uint8) and soft mask (S×S uint8) resized as the study: bicubic, aspect ratio ignored."""
+    image = open_image(item.image, "RGB")
+    mask = open_image(item.mask, "L")
+    if image.size != mask.size:
+        raise DatasetError(
+            f"mask {item.mask} is {mask.size[0]}×{mask.size[1]} but image {item.image} is "
+            f"{image.size[0]}×{image.size[1]}: a mask must have its image's size"
+        )
+    image = image.resize((size, size), Image.Resampling.BICUBIC)
+    mask = mask.resize((size, size), Image.Resampling.BICUBIC)
+    return {"image": np.asarray(image), "mask": np.asarray(mask)}
+
+
+def native_mask(item: SegmentationItem) -> torch.Tensor:
+    """The mask at its native resolution, binarised at half intensity (JPEG masks are not exactly 0/255)."""
+    return torch.from_numpy(np.asarray(open_image(item.mask, "L")) > 127)
+
+
+class SegmentationDataset(Dataset):
+    """Samples ``{"image", "target", "meta"}`` (+ ``"target_native"`` for evaluation) of one split.
+
+    ``image``: float 3×S×S, ImageNet-normalised; ``target``: float 1×S×S soft mask in [0, 1];
+    ``target_native``: bool H×W mask at the file's resolution, for metrics (SPEC 6.3).
+    """
+
+    def __init__(
+        self,
+        reader: SegmentationFolders,
+        indices: list[int],
+        size: int,
+        train: bool,
+        cache_dir: str | None,
+        progress: bool = True,
+        device_augment: bool = False,
+    ) -> None:
+        """``device_augment``: leave training samples un-augmented uint8 (the task augments them on the GPU)."""
+        self.items = [reader.items[i] for i in indices]
+        self.indices, self.size, self.train = list(indices), size, train
+        self.transform = SegmentationTrainTransform() if train and not device_augment else None
+        self.device_augment = train and device_augment
+        self.arrays = None
+        if cache_dir is not None:
+            all_items = reader.items
+            self.arrays = decoded_cache.load_or_build(
+                cache_dir,
+                reader.name,
+                files=[p for it in all_items for p in (it.image, it.mask)],
+                settings={"size": size, "resize": "bicubic"},
+                fields={"image": ((size, size, 3), "uint8"), "mask": ((size, size), "uint8")},
+                n=len(all_items),
+                decode=lambda i: decode_pair(all_items[i], size),
+                progress=progress,
+            )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.items[i]
+        if self.arrays is not None:
+            j = self.indices[i]
+            arrays = {"image": self.arrays["image"][j], "mask": self.arrays["mask"][j]}
+        else:
+            arrays = decode_pair(item, self.size)
+        image = torch.from_numpy(np.array(arrays["image"])).permute(2, 0, 1)  # copy: the cache is read-only
+        mask = torch.from_numpy(np.array(arrays["mask"], dtype=np.float32) / 255.0)[None]
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        elif not self.device_augment:
+            image = normalize(image)
+        sample = {
+            "image": image,
+            "target": mask,
+            "meta": {"name": item.name, "index": self.indices[i], "image_path": str(item.image)},
+        }
+        if not self.train:
+            sample["target_native"] = native_mask(item)
+        return sample
