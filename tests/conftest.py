@@ -37,10 +37,10 @@ FAST = [
 ]
 
 
-def compose_config(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+def compose_config(overrides: list[str], output_dir: Path | None = None, hydra: bool = False) -> DictConfig:
     """The real config with ``overrides``; ``paths.output_dir`` set since no Hydra run is active."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=hydra)
     if output_dir is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)

@@ -1,0 +1,88 @@
+"""A Hydra callback that reports a sweep's progress from the driver: cells done / running / failed / pending.
+
+It watches the sweep folder (never log text): a cell is done when its ``metrics.json`` exists, failed when it has a
+``failed.json``, running when Hydra has created its folder but neither file exists yet. Works with every launcher
+(basic, submitit_local, submitit_slurm), since the driver process is the one that runs ``on_multirun_start``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger("ssl4gie.sweep")
+
+
+def count_cells(config: DictConfig) -> int:
+    """Number of cells of the sweep: sweeper params, overridden per key by sweep overrides on the command line."""
+    params = dict((config.hydra.sweeper.get("params") or {}).items())
+    parser = OverridesParser.create()
+    by_key = {o.get_key_element(): o for o in parser.parse_overrides([f"{k}={v}" for k, v in params.items()])}
+    by_key.update({o.get_key_element(): o for o in parser.parse_overrides(list(config.hydra.overrides.task))})
+    return math.prod(len(list(o.sweep_iterator())) if o.is_sweep_override() else 1 for o in by_key.values())
+
+
+def cell_status(sweep_dir: Path) -> dict[str, list[Path]]:
+    """Cell folders under ``sweep_dir`` by status."""
+    status: dict[str, list[Path]] = {"done": [], "failed": [], "running": []}
+    for hydra_dir in sorted(sweep_dir.glob("**/.hydra")):
+        cell = hydra_dir.parent
+        if (cell / "metrics.json").exists():
+            status["done"].append(cell)
+        elif (cell / "failed.json").exists():
+            status["failed"].append(cell)
+        else:
+            status["running"].append(cell)
+    return status
+
+
+class SweepProgress(Callback):
+    """Logs ``[sweep] 3/72 done, 1 failed, 2 running, 66 pending`` whenever the counts change."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last: tuple | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            self.total = count_cells(config)
+        except Exception:  # a sweeper with its own parameter syntax: report without a total
+            self.total = None
+        log.info("[sweep] %s cells -> %s", self.total if self.total is not None else "?", self.sweep_dir)
+        self._thread = threading.Thread(target=self._watch, name="sweep-progress", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.report()
+
+    def report(self, final: bool = False) -> None:
+        status = cell_status(self.sweep_dir)
+        counts = tuple(len(status[k]) for k in ("done", "failed", "running"))
+        if counts == self._last and not final:
+            return
+        self._last = counts
+        done, failed, running = counts
+        pending = "" if self.total is None else f", {max(self.total - done - failed - running, 0)} pending"
+        total = "" if self.total is None else f"/{self.total}"
+        log.info("[sweep] %d%s done, %d failed, %d running%s", done, total, failed, running, pending)
+        if final:
+            for cell in status["failed"]:
+                log.warning("[sweep] failed: %s (see %s and %s)", cell.name, cell / "failed.json", cell / "run.log")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.report(final=True)
+        log.info("[sweep] tables: python -m ssl4gie.results %s", self.sweep_dir)
