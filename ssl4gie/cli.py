@@ -111,6 +111,9 @@ def execute(cfg: DictConfig) -> float | None:
         "tiny": bool(cfg.backbone.get("tiny", False)),
         "input_size": getattr(task, "input_size", None),
         "decoder": OmegaConf.to_container(cfg.task.decoder, resolve=True) if "decoder" in cfg.task else None,
+        "classes": OmegaConf.to_container(cfg.dataset.classes, resolve=True)
+        if "classes" in cfg.dataset
+        else None,
     }
     trainer = Trainer(cfg.trainer, task, model, output_dir, cfg.seed, fp, model_config, dist_env)
     # Tasks that can augment a batch on the GPU skip it in the loader workers (trainer.gpu_augment).

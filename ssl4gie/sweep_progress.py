@@ -51,6 +51,15 @@ class SweepProgress(Callback):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last: tuple | None = None
+        self._reported_failures: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        # submitit pickles the callbacks along with the job: send only the settings, not the watcher.
+        return {"interval_s": self.interval_s}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_dir = Path(config.hydra.sweep.dir)
@@ -67,18 +76,33 @@ class SweepProgress(Callback):
             self.report()
 
     def report(self, final: bool = False) -> None:
-        status = cell_status(self.sweep_dir)
-        counts = tuple(len(status[k]) for k in ("done", "failed", "running"))
-        if counts == self._last and not final:
-            return
-        self._last = counts
-        done, failed, running = counts
-        pending = "" if self.total is None else f", {max(self.total - done - failed - running, 0)} pending"
-        total = "" if self.total is None else f"/{self.total}"
-        log.info("[sweep] %d%s done, %d failed, %d running%s", done, total, failed, running, pending)
-        if final:
+        with self._lock:  # the watcher thread and the job callbacks both report
+            status = cell_status(self.sweep_dir)
             for cell in status["failed"]:
-                log.warning("[sweep] failed: %s (see %s and %s)", cell.name, cell / "failed.json", cell / "run.log")
+                if cell not in self._reported_failures:
+                    self._reported_failures.add(cell)
+                    log.warning(
+                        "[sweep] failed: %s (see %s and %s)",
+                        cell.name,
+                        cell / "failed.json",
+                        cell / "run.log",
+                    )
+            counts = tuple(len(status[k]) for k in ("done", "failed", "running"))
+            if counts == self._last and not final:
+                return
+            self._last = counts
+            done, failed, running = counts
+            pending = (
+                "" if self.total is None else f", {max(self.total - done - failed - running, 0)} pending"
+            )
+            total = "" if self.total is None else f"/{self.total}"
+            log.info("[sweep] %d%s done, %d failed, %d running%s", done, total, failed, running, pending)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        # With the basic launcher the jobs run in the driver: report after each. (Hydra skips on_multirun_end
+        # when a cell failed, so this is also where a failing local sweep gets its last report.)
+        if hasattr(self, "sweep_dir"):
+            self.report()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._stop.set()

@@ -188,7 +188,7 @@ def _identify(folder: Path, root: Path, table: list[VideoEntry]) -> VideoEntry |
 
 
 def _holds_frames(folder: Path) -> bool:
-    return any(p.name.endswith(COLOR) for p in folder.iterdir() if p.is_file())
+    return any(p.name.endswith(COLOR) and p.is_file() for p in folder.iterdir())
 
 
 class C3VD:
@@ -218,7 +218,9 @@ class C3VD:
             )
         self.name, self.task, self.download, self.max_depth_mm = name, task, download, float(max_depth_mm)
         self.table = load_split_table(split)
-        self.root = ensure_root(root, self.title, LAYOUT, download, synthetic, self._writer())
+        self.root = ensure_root(
+            root, self.title, LAYOUT, download, synthetic, self._writer(), demo="demo_depth"
+        )
         self.split_of = {e.code: e.split for e in self.table}  # video code -> split
         self.videos = self._find_videos(unknown_videos)
         self.items = [frame for entry in self.table if entry in self.videos for frame in self._frames(entry)]
@@ -326,7 +328,7 @@ class DepthTrainTransform:
 class C3VDDataset(Dataset):
     """Samples ``{"image", "target", "meta"}`` of one split (+ ``"target_native"`` where ``native``).
 
-    ``image``: float 3×S×S, ImageNet-normalised; ``target``: float 1×S×S depth / 65535 in [0, 1], 0 = invalid or
+    ``image``: float 3×S×S, ImageNet-normalised (uint8, not augmented yet, with ``device_augment``); ``target``: float 1×S×S depth / 65535 in [0, 1], 0 = invalid or
     padding; ``target_native``: float H×W depth / 65535 at the file's resolution, and ``meta["geometry"]`` the
     frame's :class:`PadGeometry`, to score predictions at native resolution (SPEC 6.4).
     """
@@ -340,10 +342,13 @@ class C3VDDataset(Dataset):
         native: bool,
         cache_dir: str | None,
         progress: bool = True,
+        device_augment: bool = False,
     ) -> None:
+        """``device_augment``: leave training samples un-augmented uint8 (the task augments them on the GPU)."""
         self.items = [reader.items[i] for i in indices]
         self.indices, self.size, self.native = list(indices), size, native
-        self.transform = DepthTrainTransform() if train else None
+        self.transform = DepthTrainTransform() if train and not device_augment else None
+        self.device_augment = train and device_augment
         self.arrays = None
         if cache_dir is not None:
             all_items = reader.items
@@ -368,7 +373,7 @@ class C3VDDataset(Dataset):
         depth = torch.from_numpy(np.asarray(arrays["depth"], dtype=np.float32) / DEPTH_SCALE)[None]
         if self.transform is not None:
             image, depth = self.transform(image, depth)
-        else:
+        elif not self.device_augment:
             image = normalize(image)
         meta = {
             "name": frame.name,

@@ -88,7 +88,9 @@ class HyperKvasir:
             raise ConfigError(f"dataset.category={category} is not valid; valid: {', '.join(CATEGORIES)}")
         self.name, self.task, self.split_name, self.category = name, task, split, category
         self.download = download
-        self.root = ensure_root(root, self.title, LAYOUT, download, synthetic, write_synthetic)
+        self.root = ensure_root(
+            root, self.title, LAYOUT, download, synthetic, write_synthetic, demo="demo_classification"
+        )
         self.class_names, self.items = self._scan()
         if classes is not None:
             self._check_classes([str(c) for c in classes])
@@ -227,8 +229,10 @@ class ClassificationTrainTransform:
 class HyperKvasirDataset(Dataset):
     """Samples ``{"image", "target", "meta"}`` of one split.
 
-    ``image``: float 3×S×S, ImageNet-normalised (augmented when ``train``); ``target``: int64 class id (0-d);
-    ``meta``: ``name``, ``index`` (position in ``reader.items``), ``image_path``, ``class_name``.
+    ``image``: float 3×S×S, ImageNet-normalised (augmented when ``train``), except with ``device_augment``:
+    then training images stay uint8 3×S×S and the task augments them on the batch's device. ``target``: int64
+    class id (0-d). ``meta``: ``name``, ``index`` (position in ``reader.items``), ``image_path``,
+    ``class_name``.
     """
 
     def __init__(
@@ -239,10 +243,12 @@ class HyperKvasirDataset(Dataset):
         train: bool,
         cache_dir: str | None,
         progress: bool = True,
+        device_augment: bool = False,
     ) -> None:
         self.items = [reader.items[i] for i in indices]
         self.indices, self.size, self.train = list(indices), size, train
-        self.transform = ClassificationTrainTransform() if train else None
+        self.device_augment = train and device_augment
+        self.transform = ClassificationTrainTransform() if train and not device_augment else None
         self.images = None
         if cache_dir is not None:
             every = reader.items  # one cache per dataset and size, shared by all splits
@@ -264,7 +270,10 @@ class HyperKvasirDataset(Dataset):
         item = self.items[i]
         array = self.images[self.indices[i]] if self.images is not None else decode(item.image, self.size)
         image = torch.from_numpy(np.array(array)).permute(2, 0, 1)  # copy: the cache is read-only
-        image = self.transform(image) if self.transform is not None else normalize(image)
+        if self.transform is not None:
+            image = self.transform(image)
+        elif not self.device_augment:
+            image = normalize(image)
         meta = {
             "name": item.name,
             "index": self.indices[i],

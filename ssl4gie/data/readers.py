@@ -28,8 +28,10 @@ def open_image(path: Path, mode: str) -> Image.Image:
 
 def list_images(folder: Path) -> list[Path]:
     """Image files in ``folder`` (by suffix, case-insensitive), sorted by name as the study sorts them."""
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                  key=lambda p: p.name)
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+        key=lambda p: p.name,
+    )
 
 
 def ensure_root(
@@ -39,11 +41,12 @@ def ensure_root(
     download: str | None,
     synthetic: dict | None,
     writer: Callable[..., Path] | None,
+    demo: str = "demo",
 ) -> Path:
     """Return ``root`` as a Path, writing synthetic data there first if asked and it is missing.
 
     A missing root is a DatasetError that says where we looked, the layout expected, where to download the data and
-    how to run the demo instead.
+    how to run the demo (``experiment=<demo>``) instead.
     """
     root = Path(root).expanduser()
     if synthetic and writer is not None and not root.exists():
@@ -56,7 +59,7 @@ def ensure_root(
         where = f" Download it from {download}, unpack it and" if download else " Put it there or"
         raise DatasetError(
             f"{title} not found: {root} does not exist (option dataset.root). Expected layout: {layout}.{where} "
-            f"pass dataset.root=PATH (or set paths.data_dir). To try ssl4gie without data: python run.py experiment=demo"
+            f"pass dataset.root=PATH (or set paths.data_dir). To try ssl4gie without data: python run.py experiment={demo}"
         )
     return root
 

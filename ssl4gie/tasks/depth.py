@@ -1,0 +1,218 @@
+"""Monocular depth on C3VD: MiDaS SSI loss, validation at network resolution, test metrics at native resolution.
+
+Model: the task's decoder for the backbone family (ResNet -> the study's bottleneck decoder on layer1..4, ViT ->
+DPT with the depth head), both ending in a Sigmoid, so the output is a relative depth map in (0, 1).
+
+Scale. The dataset gives depth / 65535 in [0, 1] (0 = invalid). Metrics are in millimetres: value ·
+``max_depth_mm`` (100 mm for C3VD, a dataset option) for target and prediction alike, the prediction being
+aligned per image to the target first (the accumulator's oracle scale+shift, and median scaling).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from torch import nn
+
+from ssl4gie.data.c3vd import C3VD, DEPTH_SCALE, C3VDDataset, DepthTrainTransform
+from ssl4gie.data.readers import open_image
+from ssl4gie.errors import DatasetError
+from ssl4gie.losses import align_scale_shift, ssi_loss, ssi_mse
+from ssl4gie.metrics.depth import DepthMetricAccumulator, depth_metrics
+from ssl4gie.tasks.base import Evaluator, Task
+from ssl4gie.tasks.segmentation import build_dense_model
+from ssl4gie.utils.io import atomic_path
+from ssl4gie.visualize import save_figure
+
+FIGURE_MAX_SIDE = 640  # figures are subsampled to this; 1350×1080 panels would only make larger PNGs
+
+
+class DepthTask(Task):
+    """SPEC 3.4, 4.4, 4.5, 5.2, 6.4. ``monitor`` is ``val/ssi_mse`` (mode min), the study's selection metric."""
+
+    def __init__(
+        self,
+        name: str,
+        input_size: int,
+        monitor: str,
+        monitor_mode: str,
+        augment: bool,
+        decoder: DictConfig,
+        max_depth_mm: float,
+        ssi_alpha: float = 0.1,
+        ssi_scales: int = 4,
+    ) -> None:
+        self.name, self.input_size, self.monitor, self.monitor_mode = name, input_size, monitor, monitor_mode
+        self.augment, self.decoders, self.max_depth_mm = augment, decoder, float(max_depth_mm)
+        self.ssi_alpha, self.ssi_scales = float(ssi_alpha), int(ssi_scales)
+        self.augment_on_device = False  # set by the CLI on CUDA: augment batches on the GPU, not in workers
+        self.device_transform = DepthTrainTransform()
+
+    def build_model(
+        self, backbone: DictConfig, pretraining: DictConfig, frozen: bool, weights_dir: str
+    ) -> nn.Module:
+        return build_dense_model(
+            self.decoders, self.name, self.input_size, backbone, pretraining, frozen, weights_dir
+        )
+
+    def build_datasets(
+        self, reader: C3VD, splits: list[str], cache_dir: str | None, progress: bool
+    ) -> dict[str, C3VDDataset]:
+        indices = reader.splits()
+        for s in splits:
+            if not indices[s]:
+                videos = [e.code for e in reader.table if e.split == s]
+                raise DatasetError(
+                    f"the {s} split of C3VD at {reader.root} is empty: none of its videos "
+                    f"{videos} was found (dataset.split lists them)"
+                )
+        return {
+            # Only the test split carries native-resolution depth: validation is scored at network
+            # resolution as in the study (SPEC 10), and reading full-size TIFFs every epoch would be slow.
+            s: C3VDDataset(reader, indices[s], self.input_size, train=(s == "train" and self.augment),
+                           native=(s == "test"), cache_dir=cache_dir, progress=progress,
+                           device_augment=self.augment_on_device)
+            for s in splits
+        }  # fmt: skip
+
+    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        images, targets = batch["image"], batch["target"]
+        if images.dtype == torch.uint8:  # un-augmented samples (augment_on_device): augment each one here
+            pairs = [self.device_transform(i, t) for i, t in zip(images, targets, strict=True)]
+            memory_format = (
+                torch.channels_last if images.is_contiguous(memory_format=torch.channels_last)
+                else torch.contiguous_format
+            )  # fmt: skip
+            images = torch.stack([p[0] for p in pairs]).contiguous(memory_format=memory_format)
+            targets = torch.stack([p[1] for p in pairs])
+        pred = model(images)
+        return {"loss": ssi_loss(pred.float(), targets.float(), None, self.ssi_alpha, self.ssi_scales)}
+
+    def predict(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        return model(batch["image"]).float()
+
+    def evaluator(self, keep: int = 0, save_dir: Path | None = None) -> Evaluator:
+        return DepthEvaluator(self.max_depth_mm, keep, save_dir)
+
+    def draw(self, kept: list[dict], folder: Path) -> list[Path]:
+        paths = []
+        for item in kept:
+            meta = item["meta"]
+            image = np.asarray(open_image(Path(meta["image_path"]), "RGB"))
+            step = max(1, -(-max(image.shape[:2]) // FIGURE_MAX_SIDE))
+            row = item["row"]
+            title = (
+                f"{meta['name']}  RMSE {row['rmse']:.2f} mm  AbsRel {row['abs_rel']:.3f}  "
+                f"δ1 {row['delta1']:.3f}  ({item['where']})"
+            )
+            fig = depth_panels(
+                image[::step, ::step], item["target"][::step, ::step], item["pred"][::step, ::step], title
+            )
+            paths.append(save_figure(fig, folder / f"{meta['name']}.png"))
+        return paths
+
+
+class DepthEvaluator(Evaluator):
+    """Scores one split; outputs are B×1×s×s relative depth in (0, 1) at network resolution.
+
+    * ``ssi_mse``: the study's validation metric (SSI data term, normalised units) pooled over **all** pixels of
+      the split — Σ squared residuals / (2 Σ valid pixels) — so it does not depend on the batch size.
+    * ``rmse``, ``abs_rel``, ``med_rel``, ``mae``, ``delta1`` (mm; oracle scale+shift) and ``…_median``
+      (median scaling), averaged over images: at network resolution for batches without ``target_native``
+      (validation), at native resolution otherwise (test, SPEC 6.4).
+
+    With ``save_dir``, each prediction is written as ``<name>_depth.tiff``: the scale+shift-aligned depth at native
+    resolution, clamped to [0, max_depth_mm] and encoded like C3VD (16-bit, 0..65535 = 0..max_depth_mm).
+    """
+
+    def __init__(self, max_depth_mm: float, keep: int = 0, save_dir: Path | None = None) -> None:
+        super().__init__(keep, save_dir)
+        self.max_depth_mm = max_depth_mm
+        self.metrics = DepthMetricAccumulator(max_depth_mm)
+        self.squared, self.valid = 0.0, 0
+        self.videos: dict[str, str] = {}
+
+    def process(self, batch: dict[str, Any], outputs: torch.Tensor) -> None:
+        target = batch["target"].float()
+        n_valid = int((target > 0).sum())
+        # ssi_mse = Σ r² / (2 n) over the batch; multiply back to pool the split's sums
+        self.squared += float(ssi_mse(outputs, target)) * 2 * n_valid
+        self.valid += n_valid
+        names = [m["name"] for m in batch["meta"]]
+        self.videos.update({m["name"]: m["video"] for m in batch["meta"]})
+        native = batch.get("target_native")
+        if native is None:  # validation: the study's resolution, target and output both s×s
+            mm = self.max_depth_mm
+            self.metrics.update(outputs * mm, target * mm, target > 0, names)
+            for i, meta in enumerate(batch["meta"]):
+                self._keep(meta, outputs[i, 0] * mm, target[i, 0] * mm, "network resolution")
+            return
+        for i, meta in enumerate(batch["meta"]):
+            pred_mm = meta["geometry"].to_native(outputs[i, 0]) * self.max_depth_mm
+            target_mm = native[i].float() * self.max_depth_mm
+            # The scale+shift fit runs here, at native resolution, on exactly the pixels that are scored (the
+            # study fits at 224² against the nearest-resized target, then upsamples). Bilinear upsampling is
+            # linear and its weights sum to 1, so up(s·p + t) = s·up(p) + t: both fits align the same map and
+            # differ only in which pixels the least squares sees; ours is the optimum for the scored pixels.
+            self.metrics.update(pred_mm[None], target_mm[None], (target_mm > 0)[None], [meta["name"]])
+            self._keep(meta, pred_mm, target_mm, "native resolution")
+            if self.save_dir is not None:
+                self._save(meta["name"], self._aligned(pred_mm, target_mm))
+
+    def _aligned(self, pred_mm: torch.Tensor, target_mm: torch.Tensor) -> torch.Tensor:
+        """The accumulator's scale+shift alignment of one map, clamped as it clamps."""
+        aligned, _, _ = align_scale_shift(pred_mm[None], target_mm[None], (target_mm > 0)[None])
+        return aligned[0].clamp(0.0, self.max_depth_mm)
+
+    def _keep(self, meta: dict, pred_mm: torch.Tensor, target_mm: torch.Tensor, where: str) -> None:
+        if len(self.kept) >= self.keep:
+            return
+        aligned = self._aligned(pred_mm, target_mm)
+        row = depth_metrics(aligned, target_mm, target_mm > 0)
+        self.kept.append({"meta": meta, "target": target_mm.cpu().numpy(), "pred": aligned.cpu().numpy(),
+                          "row": row, "where": where})  # fmt: skip
+
+    def _save(self, name: str, aligned_mm: torch.Tensor) -> None:
+        code = torch.round(aligned_mm / self.max_depth_mm * DEPTH_SCALE).clamp(0, DEPTH_SCALE)
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.save_dir / f"{name}_depth.tiff") as tmp:
+            Image.fromarray(code.cpu().numpy().astype(np.uint16)).save(tmp, format="TIFF")  # mode I;16
+
+    def compute(self) -> tuple[dict[str, float], list[dict]]:
+        metrics, rows = self.metrics.compute()
+        metrics["ssi_mse"] = self.squared / (2 * self.valid) if self.valid else float("nan")
+        for row in rows:
+            row["video"] = self.videos.get(row["name"], "")
+        return metrics, rows
+
+
+def depth_panels(image: np.ndarray, target_mm: np.ndarray, pred_mm: np.ndarray, title: str = ""):
+    """input | target | aligned prediction | |error|; depth in mm (magma, near = bright), invalid pixels grey."""
+    valid = target_mm > 0
+    hi = float(np.percentile(target_mm[valid], 99)) if valid.any() else 1.0
+    error = np.abs(pred_mm - target_mm)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
+    axes[0].imshow(image)
+    axes[0].set_title("input", fontsize=9)
+    depth_map = plt.get_cmap("magma_r").with_extremes(bad="0.6")
+    error_map = plt.get_cmap("viridis").with_extremes(bad="0.6")
+    panels = (
+        (target_mm, "target depth", depth_map, hi),
+        (pred_mm, "prediction (scale+shift aligned)", depth_map, hi),
+        (error, "absolute error", error_map, float(np.percentile(error[valid], 99)) if valid.any() else 1.0),
+    )
+    for ax, (values, label, cmap, vmax) in zip(axes[1:], panels, strict=True):
+        shown = ax.imshow(np.ma.masked_where(~valid, values), cmap=cmap, vmin=0.0, vmax=max(vmax, 1e-6))
+        ax.set_title(label, fontsize=9)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).set_label("mm", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
