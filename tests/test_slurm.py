@@ -22,7 +22,7 @@ def slurm_up() -> bool:
     if shutil.which("sinfo") is None:
         return False
     result = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    return result.returncode == 0 and "idle" in result.stdout + " " or "mix" in result.stdout
+    return result.returncode == 0 and any(state in ("idle", "mix", "alloc") for state in result.stdout.split())
 
 
 @pytest.fixture

@@ -1,0 +1,48 @@
+"""``python -m ssl4gie.results SWEEP_DIR [--out DIR] [--metric TASK=METRIC ...] [--frozen]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ssl4gie.errors import Ssl4gieError
+from ssl4gie.results.report import write_results
+from ssl4gie.results.tables import HEADLINE, parse_metric_overrides
+
+log = logging.getLogger("ssl4gie.results")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: 0 when the files were written (even with failed or missing cells), 2 on a user error."""
+    parser = argparse.ArgumentParser(
+        prog="ssl4gie-results",
+        description="Tables, a figure and significance tests from a Hydra sweep folder of ssl4gie runs.",
+    )
+    parser.add_argument("sweep_dir", help="the multirun folder (run folders are searched recursively)")
+    parser.add_argument("--out", default=None, help="output folder (default: SWEEP_DIR/results)")
+    parser.add_argument(
+        "--metric",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="TASK=METRIC",
+        help="metric of a task or task/dataset column, e.g. depth=abs_rel segmentation/cvc_clinicdb=test/iou "
+        f"(defaults: {', '.join(f'{t}={m}' for t, m in HEADLINE.items())})",
+    )
+    parser.add_argument(
+        "--frozen", action="store_true", help="report frozen-backbone runs instead of fine-tuned"
+    )
+    parser.add_argument("--digits", type=int, default=3, help="decimals in the tables (default 3)")
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        write_results(args.sweep_dir, args.out, parse_metric_overrides(args.metric), args.frozen, args.digits)
+    except Ssl4gieError as e:
+        log.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Write every results file of a sweep folder, atomically, and log a short summary."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from ssl4gie.results.collect import collect_runs
+from ssl4gie.results.figure import plot_table
+from ssl4gie.results.stats import significance
+from ssl4gie.results.tables import format_table, problem_runs, study_table
+from ssl4gie.utils.io import save_dataframe_csv, write_text
+
+log = logging.getLogger(__name__)
+
+SIGNIFICANCE_NOTE = (
+    "Paired Wilcoxon signed-rank tests on per-image test values (images paired by name, each image averaged over "
+    "the row's seeds first); p_holm: Holm correction over the tested pairs of one column; pairs with fewer than 6 "
+    "common images or only zero differences are not tested (see note)."
+)
+
+
+def write_results(
+    sweep_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    metric_overrides: Mapping[str, str] | None = None,
+    frozen: bool = False,
+    digits: int = 3,
+) -> dict[str, Path]:
+    """Collect ``sweep_dir`` and write ``runs.csv``, ``table.{md,csv,tex,png}``, ``significance.{csv,md}``.
+
+    ``out_dir`` defaults to ``<sweep_dir>/results``. Returns ``{file name: path}``. Failed or missing cells do
+    not stop the report (they are counted, listed in ``table.md`` and logged); a missing or empty sweep folder
+    raises :class:`~ssl4gie.results.collect.ResultsError`.
+    """
+    sweep_dir = Path(sweep_dir)
+    out = Path(out_dir) if out_dir is not None else sweep_dir / "results"
+    runs = collect_runs(sweep_dir)
+    table = study_table(runs, metric_overrides, frozen)
+    problems = problem_runs(runs, frozen)
+    tests = significance(runs, sweep_dir, metric_overrides, frozen)
+    written = {
+        "runs.csv": save_dataframe_csv(out / "runs.csv", runs),
+        "table.md": write_text(out / "table.md", format_table(table, "markdown", digits, problems)),
+        "table.csv": write_text(out / "table.csv", format_table(table, "csv", digits)),
+        "table.tex": write_text(out / "table.tex", format_table(table, "latex", digits)),
+        "table.png": plot_table(table, out / "table.png"),
+        "significance.csv": save_dataframe_csv(out / "significance.csv", tests),
+        "significance.md": write_text(
+            out / "significance.md",
+            (
+                tests.to_markdown(index=False, floatfmt=".4g")
+                if not tests.empty
+                else "No pair could be tested."
+            )
+            + f"\n\n{SIGNIFICANCE_NOTE}\n",
+        ),
+    }
+    counts = runs["status"].value_counts()
+    log.info(
+        "%s: %d run folder(s): %d complete, %d failed, %d incomplete",
+        sweep_dir, len(runs), counts.get("complete", 0), counts.get("failed", 0), counts.get("incomplete", 0),
+    )  # fmt: skip
+    for record in problems.to_dict("records"):
+        fields = {k: v for k, v in record.items() if k != "status" and not pd.isna(v)}
+        if "error" in fields:  # first line only: the full message is in runs.csv
+            fields["error"] = str(fields["error"]).splitlines()[0] if str(fields["error"]) else ""
+        log.warning("  %s: %s", record["status"], " ".join(f"{k}={v}" for k, v in fields.items()))
+    log.info("wrote %s to %s", ", ".join(written), out)
+    return written
