@@ -90,8 +90,9 @@ def test_failed_cell_does_not_stop_the_others_and_relaunch_skips_complete_cells(
 
 
 @pytest.mark.timeout(600)
-def test_ddp_on_cpu_with_two_processes(tmp_path, kvasir_tiny):
-    args = tiny_run_args(kvasir_tiny, tmp_path, "trainer.epochs=2")
+@pytest.mark.parametrize("frozen", [False, True])
+def test_ddp_on_cpu_with_two_processes(tmp_path, kvasir_tiny, frozen):
+    args = tiny_run_args(kvasir_tiny, tmp_path, "trainer.epochs=2", f"frozen={str(frozen).lower()}")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True, env=env,
@@ -105,3 +106,15 @@ def test_ddp_on_cpu_with_two_processes(tmp_path, kvasir_tiny):
     assert metrics["world_size"] == 2 and metrics["status"] == "complete" and metrics["epochs"] == 2
     assert len(pd.read_csv(run / "per_image_test.csv")) == 1
     assert len(list((run / "figures").glob("*.png"))) == 1
+    if frozen:  # the backbone is bit-identical to its initialisation after DDP training
+        import torch
+        from conftest import compose_config
+
+        from ssl4gie.tasks.segmentation import SegmentationTask
+
+        cfg = compose_config(args[:2] + args[3:])
+        task = SegmentationTask(**{k: v for k, v in cfg.task.items() if k != "_target_"})
+        torch.manual_seed(cfg.seed)
+        initial = task.build_model(cfg.backbone, cfg.pretraining, True, str(tmp_path)).encoder.state_dict()
+        trained = torch.load(run / "best.pt", weights_only=True)["model"]
+        assert all(torch.equal(trained[f"encoder.{k}"], v) for k, v in initial.items())
