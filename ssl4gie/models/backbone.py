@@ -46,28 +46,40 @@ def feature_channels(encoder: nn.Module, indices: Sequence[int], input_size: int
     return [f.shape[1] for f in feats]
 
 
-class EncoderDecoder(nn.Module):
-    """A timm encoder and a dense decoder fed with the encoder's intermediates; output at the input's size.
+class BackboneModel(nn.Module):
+    """Base of every model built on a timm ``encoder``: the study's ``--frozen`` in one place.
 
-    With ``frozen=True`` the encoder's parameters get no gradients and its normalisation statistics stay fixed
-    (it is kept in eval mode), so the backbone is bit-identical after training (the study's ``--frozen``).
+    With ``frozen=True`` the encoder's parameters get no gradients and its normalisation statistics stay fixed (it
+    is kept in eval mode), so the backbone is bit-identical after training; only the head/decoder learns.
     """
 
-    def __init__(
-        self, encoder: nn.Module, decoder: nn.Module, indices: Sequence[int], frozen: bool = False
-    ) -> None:
+    def __init__(self, encoder: nn.Module, frozen: bool = False) -> None:
         super().__init__()
-        self.encoder, self.decoder, self.indices, self.frozen = encoder, decoder, list(indices), frozen
+        self.encoder, self.frozen = encoder, frozen
         if frozen:
             encoder.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> EncoderDecoder:
+    def train(self, mode: bool = True) -> BackboneModel:
         super().train(mode)
         if self.frozen:
             self.encoder.eval()
         return self
 
+    def encoder_grad(self):
+        """Context for the encoder's forward: no autograd graph when it is frozen."""
+        return torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen)
+
+
+class EncoderDecoder(BackboneModel):
+    """A timm encoder and a dense decoder fed with the encoder's intermediates; output at the input's size."""
+
+    def __init__(
+        self, encoder: nn.Module, decoder: nn.Module, indices: Sequence[int], frozen: bool = False
+    ) -> None:
+        super().__init__(encoder, frozen)
+        self.decoder, self.indices = decoder, list(indices)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+        with self.encoder_grad():
             feats = intermediates(self.encoder, x, self.indices)
         return self.decoder(feats, out_size=tuple(x.shape[-2:]))

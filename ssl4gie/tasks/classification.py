@@ -26,7 +26,7 @@ from ssl4gie.data.readers import open_image
 from ssl4gie.errors import ConfigError, DatasetError
 from ssl4gie.losses import class_weights, weighted_cross_entropy
 from ssl4gie.metrics.classification import classification_metrics, confusion_matrix
-from ssl4gie.models.backbone import create_backbone
+from ssl4gie.models.backbone import BackboneModel, create_backbone
 from ssl4gie.models.pretrained import load_pretrained
 from ssl4gie.tasks.base import Evaluator, Task
 from ssl4gie.utils.io import save_dataframe_csv
@@ -39,7 +39,7 @@ WEIGHT_SOURCES = ("train", "all", "none")  # all = the study (every split, SPEC 
 MACRO_OVER = ("present", "all")  # see ssl4gie.metrics.classification.classification_metrics
 
 
-class Classifier(nn.Module):
+class Classifier(BackboneModel):
     """``head(encoder(x))``: the encoder returns pooled features (timm with ``num_classes=0``).
 
     With ``frozen=True`` the encoder gets no gradients and stays in eval mode (fixed BatchNorm statistics), so
@@ -47,20 +47,11 @@ class Classifier(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, num_classes: int, frozen: bool = False) -> None:
-        super().__init__()
-        self.encoder, self.frozen = encoder, frozen
+        super().__init__(encoder, frozen)
         self.head = nn.Linear(encoder.num_features, num_classes)  # PyTorch default init, as the study
-        if frozen:
-            encoder.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> Classifier:
-        super().train(mode)
-        if self.frozen:
-            self.encoder.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+        with self.encoder_grad():
             features = self.encoder(x)
         return self.head(features)
 
