@@ -24,6 +24,8 @@ from ssl4gie.utils.io import save_dataframe_csv, write_json
 from ssl4gie.utils.seed import seed_everything
 
 log = logging.getLogger("ssl4gie")
+# Detection options that change the model's structure: a checkpoint must have been trained with the same.
+DETECTOR_KEYS = ("canvas_size", "window_size", "global_blocks", "fpn_channels", "frozen_bn")
 
 
 def _multirun() -> bool:

@@ -19,8 +19,17 @@ def dataset(tmp_path):
 
 def fails(tmp_path, root, *extra, expect: str):
     run = tmp_path / "run"
-    result = run_cli([f"dataset.root={root}", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}",
-                      *TINY, *SMALL_DECODERS, *FAST, *extra])
+    result = run_cli(
+        [
+            f"dataset.root={root}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={run}",
+            *TINY,
+            *SMALL_DECODERS,
+            *FAST,
+            *extra,
+        ]
+    )
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     errors = [line for line in result.stdout.splitlines() if "[ERROR]" in line]
     assert len(errors) == 1 and expect in errors[0], result.stdout[-2000:]

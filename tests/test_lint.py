@@ -10,9 +10,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(shutil.which("ruff") is None and not (Path(sys.executable).parent / "ruff").exists(),
-                    reason="ruff is installed with the test extras")
+@pytest.mark.skipif(
+    shutil.which("ruff") is None and not (Path(sys.executable).parent / "ruff").exists(),
+    reason="ruff is installed with the test extras",
+)
 def test_ruff_check():
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    result = subprocess.run([ruff, "check", "ssl4gie", "tests", "run.py"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [ruff, "check", "ssl4gie", "tests", "run.py"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout

@@ -113,15 +113,21 @@ def test_missing_weights_file_names_it_and_where_to_put_it(tmp_path, kvasir_tiny
 def test_hub_unreachable_error_names_the_file(tmp_path, kvasir_tiny, monkeypatch):
     import timm
 
-    def offline(*args, pretrained=False, **kwargs):  # what timm raises without network, without waiting for it
+    def offline(
+        *args, pretrained=False, **kwargs
+    ):  # what timm raises without network, without waiting for it
         if pretrained:
             raise ConnectionError("Failed to establish a new connection: [Errno 101] Network is unreachable")
         return create_model(*args, **kwargs)
 
     create_model = timm.create_model
     monkeypatch.setattr(timm, "create_model", offline)
-    cfg = compose_config(segmentation_overrides(kvasir_tiny, tmp_path, "pretraining=imagenet_supervised",
-                                                f"paths.weights_dir={tmp_path / 'none'}"), tmp_path / "run")
+    cfg = compose_config(
+        segmentation_overrides(
+            kvasir_tiny, tmp_path, "pretraining=imagenet_supervised", f"paths.weights_dir={tmp_path / 'none'}"
+        ),
+        tmp_path / "run",
+    )
     with pytest.raises(ConfigError, match="resnet50.tv_in1k") as err:
         execute(cfg)
     assert str(tmp_path / "none" / "resnet50-19c8e357.pth") in str(err.value)

@@ -22,7 +22,9 @@ def slurm_up() -> bool:
     if shutil.which("sinfo") is None:
         return False
     result = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    return result.returncode == 0 and any(state in ("idle", "mix", "alloc") for state in result.stdout.split())
+    return result.returncode == 0 and any(
+        state in ("idle", "mix", "alloc") for state in result.stdout.split()
+    )
 
 
 @pytest.fixture
@@ -36,12 +38,24 @@ def slurm():
 @pytest.mark.timeout(1200)
 def test_smoke_sweep_through_submitit_slurm(tmp_path, slurm):
     out = tmp_path / "out"
-    result = run_cli([
-        "-m", "sweep=smoke", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
-        "hydra.launcher.gpus_per_node=0", "hydra.launcher.tasks_per_node=1", "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.mem_gb=4", "hydra.launcher.timeout_min=20", "hydra.launcher.signal_delay_s=30",
-        f"paths.output_root={out}", f"paths.cache_dir={tmp_path / 'cache'}", "trainer.progress=false",
-    ], timeout=1100)
+    result = run_cli(
+        [
+            "-m",
+            "sweep=smoke",
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=debug",
+            "hydra.launcher.gpus_per_node=0",
+            "hydra.launcher.tasks_per_node=1",
+            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=4",
+            "hydra.launcher.timeout_min=20",
+            "hydra.launcher.signal_delay_s=30",
+            f"paths.output_root={out}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "trainer.progress=false",
+        ],
+        timeout=1100,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     sweep = out / "sweeps" / "smoke"
     metrics = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
@@ -49,8 +63,13 @@ def test_smoke_sweep_through_submitit_slurm(tmp_path, slurm):
     assert all(m["status"] == "complete" for m in metrics)
     assert list(sweep.glob(".submitit/*/*_log.out"))  # the jobs really went through SLURM
 
-    tables = subprocess.run([sys.executable, "-m", "ssl4gie.results", str(sweep)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+    tables = subprocess.run(
+        [sys.executable, "-m", "ssl4gie.results", str(sweep)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert tables.returncode == 0, tables.stdout + tables.stderr
     table = (sweep / "results" / "table.md").read_text()
     for m in metrics:

@@ -18,15 +18,26 @@ SMOKE = ["trainer.progress=false"]  # sweeps/smoke.yaml shrinks everything else
 
 
 def tiny_run_args(kvasir, tmp_path, *extra):
-    return [f"dataset.root={kvasir}", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}",
-            *TINY, *SMALL_DECODERS, *FAST, *extra]
+    return [
+        f"dataset.root={kvasir}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *TINY,
+        *SMALL_DECODERS,
+        *FAST,
+        *extra,
+    ]
 
 
 def test_sigkill_then_relaunch_resumes_from_last_checkpoint(tmp_path, kvasir_tiny):
     args = tiny_run_args(kvasir_tiny, tmp_path, "trainer.epochs=4", "trainer.batch_size=2")
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (run / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -49,8 +60,12 @@ def test_sigkill_then_relaunch_resumes_from_last_checkpoint(tmp_path, kvasir_tin
 def test_sigterm_saves_last_checkpoint_mid_epoch(tmp_path, kvasir_tiny):
     args = tiny_run_args(kvasir_tiny, tmp_path, "trainer.epochs=50", "trainer.batch_size=2")
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (run / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -67,8 +82,15 @@ def test_sigterm_saves_last_checkpoint_mid_epoch(tmp_path, kvasir_tiny):
 def test_failed_cell_does_not_stop_the_others_and_relaunch_skips_complete_cells(tmp_path):
     out = tmp_path / "out"
     # Two cells of the smoke sweep; lr=-1 makes one of them fail when its optimiser is built.
-    args = ["-m", "sweep=smoke", "row=rn_na_na", "trainer.lr=-1,0.0001", f"paths.output_root={out}",
-            f"paths.cache_dir={tmp_path / 'cache'}", *SMOKE]
+    args = [
+        "-m",
+        "sweep=smoke",
+        "row=rn_na_na",
+        "trainer.lr=-1,0.0001",
+        f"paths.output_root={out}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        *SMOKE,
+    ]
     result = run_cli(args)
     log = result.stdout + result.stderr
     assert result.returncode != 0  # the sweep reports its failure...
@@ -94,9 +116,22 @@ def test_failed_cell_does_not_stop_the_others_and_relaunch_skips_complete_cells(
 def test_ddp_on_cpu_with_two_processes(tmp_path, kvasir_tiny, frozen):
     args = tiny_run_args(kvasir_tiny, tmp_path, "trainer.epochs=2", f"frozen={str(frozen).lower()}")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True, env=env,
-                            timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "run.py"),
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = tmp_path / "run"
     log = (run / "run.log").read_text()

@@ -13,10 +13,23 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from ssl4gie.config import validate
 from ssl4gie.sweep_progress import count_cells
 
-EXPECTED = {"study": 72, "study_seeds": 216, "resnet50": 36, "vit_b": 36, "classification": 24, "detection": 12,
-            "segmentation": 24, "depth": 12, "smoke": 2}
-INVALID = {("vit_b", "imagenet_barlowtwins"), ("vit_b", "hyperkvasir_barlowtwins"), ("resnet50", "imagenet_mae"),
-           ("resnet50", "hyperkvasir_mae")}
+EXPECTED = {
+    "study": 72,
+    "study_seeds": 216,
+    "resnet50": 36,
+    "vit_b": 36,
+    "classification": 24,
+    "detection": 12,
+    "segmentation": 24,
+    "depth": 12,
+    "smoke": 2,
+}
+INVALID = {
+    ("vit_b", "imagenet_barlowtwins"),
+    ("vit_b", "hyperkvasir_barlowtwins"),
+    ("resnet50", "imagenet_mae"),
+    ("resnet50", "hyperkvasir_mae"),
+}
 
 
 def expand(name: str) -> list[list[str]]:
@@ -34,15 +47,23 @@ def test_seeded_study_is_the_study_grid_per_seed():
     study = {tuple(sorted(c for c in cell if not c.startswith("seed="))) for cell in expand("study")}
     seeded = expand("study_seeds")
     assert {tuple(sorted(c for c in cell if not c.startswith("seed="))) for cell in seeded} == study
-    assert sorted({c for cell in seeded for c in cell if c.startswith("seed=")}) == ["seed=42", "seed=43", "seed=44"]
+    assert sorted({c for cell in seeded for c in cell if c.startswith("seed=")}) == [
+        "seed=42",
+        "seed=43",
+        "seed=44",
+    ]
 
 
-@pytest.mark.parametrize("name", sorted(set(EXPECTED) - {"study_seeds"}))  # study_seeds: the study grid per seed
+@pytest.mark.parametrize(
+    "name", sorted(set(EXPECTED) - {"study_seeds"})
+)  # study_seeds: the study grid per seed
 def test_sweep_expands_to_valid_cells(name):
     cells = expand(name)
     assert len(cells) == EXPECTED[name]
     seen = set()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):  # one context: fast repeated composes
+    with initialize_config_dir(
+        config_dir=str(CONF), version_base="1.3"
+    ):  # one context: fast repeated composes
         configs = [compose(config_name="config", overrides=[f"sweep={name}", *cell]) for cell in cells]
     for cfg in configs:
         validate(cfg)  # dataset fits the task, pretraining exists for the backbone
@@ -78,7 +99,11 @@ def test_command_line_seeds_extend_a_sweep():
 def test_single_run_ignores_the_sweep():
     cfg = compose_config([])
     assert (cfg.backbone.name, cfg.pretraining.name, cfg.task.name, cfg.seed) == (
-        "resnet50", "random", "segmentation", 42)
+        "resnet50",
+        "random",
+        "segmentation",
+        42,
+    )
 
 
 def test_local_settings_example_exists():

@@ -31,8 +31,11 @@ Fields = dict[str, tuple[tuple[int, ...], str]]  # field name -> (per-sample sha
 def cache_key(files: Sequence[Path], settings: dict, fields: Fields) -> str:
     """A hash of what the cached arrays depend on: file names, sizes, mtimes, settings, array layout."""
     digest = hashlib.sha256()
-    digest.update(json.dumps({"version": CACHE_VERSION, "settings": settings, "fields": fields}, sort_keys=True,
-                             default=str).encode())
+    digest.update(
+        json.dumps(
+            {"version": CACHE_VERSION, "settings": settings, "fields": fields}, sort_keys=True, default=str
+        ).encode()
+    )
     for f in files:
         st = os.stat(f)
         digest.update(f"{Path(f).name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -74,7 +77,9 @@ def _build(path: Path, fields: Fields, n: int, decode, workers: int | None, prog
         workers = workers or min(8, len(os.sched_getaffinity(0)))
         with ThreadPoolExecutor(workers) as pool:
             done = pool.map(decode, range(n))
-            for i, sample in enumerate(tqdm(done, total=n, desc=f"decoding {path.name}", disable=None if progress else True)):
+            for i, sample in enumerate(
+                tqdm(done, total=n, desc=f"decoding {path.name}", disable=None if progress else True)
+            ):
                 for name, value in sample.items():
                     arrays[name][i] = value
         for array in arrays.values():

@@ -289,7 +289,7 @@ class DetectionDataset(Dataset):
         boxes = tv_tensors.BoundingBoxes(torch.from_numpy(item.boxes), format="XYXY", canvas_size=item.size)
         if self.transform is not None:
             image, boxes = self.transform(image, boxes)
-        canvas = IDENTITY_CANVAS
+        canvas = dict(IDENTITY_CANVAS)
         if self.canvas_size is not None:
             image, boxes, canvas = to_canvas(image, boxes, self.canvas_size)
         labels = torch.full((len(item.boxes),), POLYP, dtype=torch.int64)

@@ -11,8 +11,12 @@ REFERENCE = Path(__file__).with_name("study_split_indices.json")
 
 @pytest.mark.parametrize(
     "key,n",
-    [("Kvasir-SEG (N=1000)", 1000), ("CVC-ClinicDB (N=612)", 612),
-     ("Hyperkvasir_anatomical (N=4104)", 4104), ("Hyperkvasir_pathological (N=2642)", 2642)],
+    [
+        ("Kvasir-SEG (N=1000)", 1000),
+        ("CVC-ClinicDB (N=612)", 612),
+        ("Hyperkvasir_anatomical (N=4104)", 4104),
+        ("Hyperkvasir_pathological (N=2642)", 2642),
+    ],
 )
 def test_study_split_matches_reference_indices(key, n):
     reference = json.loads(REFERENCE.read_text())[key]

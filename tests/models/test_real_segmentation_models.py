@@ -14,8 +14,10 @@ DEEPLAB_PARAMS = 3_169_553
 DPT_PARAMS = 20_328_641 - 1_180_672
 
 
-@pytest.mark.parametrize(("backbone", "decoder_params", "encoder_params"),
-                         [("resnet50", DEEPLAB_PARAMS, 23_508_032), ("vit_b", DPT_PARAMS, 85_798_656)])
+@pytest.mark.parametrize(
+    ("backbone", "decoder_params", "encoder_params"),
+    [("resnet50", DEEPLAB_PARAMS, 23_508_032), ("vit_b", DPT_PARAMS, 85_798_656)],
+)
 def test_real_model_forward(backbone, decoder_params, encoder_params):
     cfg = compose_config([f"backbone={backbone}"])
     task = SegmentationTask(**{k: v for k, v in cfg.task.items() if k != "_target_"})

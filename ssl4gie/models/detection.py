@@ -1,0 +1,288 @@
+"""Faster R-CNN detectors (torchvision) on timm encoders (SPEC 4.6).
+
+* :func:`resnet_fpn_detector` — a timm ResNet wrapped by torchvision's ``BackboneWithFPN`` (layer1..4, 256 channels,
+  LastLevelMaxPool), i.e. torchvision's ResNet-50-FPN Faster R-CNN with our encoder inside.
+* :func:`vit_detector` — a plain ViT à la ViTDet: CLS token removed, windowed attention in most blocks, the final
+  norm, then a simple feature pyramid with channel-wise LayerNorm (strides 4..32 + "pool").
+
+Both take images as float [0, 1] tensors and normalise with ImageNet mean/std inside (SPEC 2.2), use torchvision's
+default anchors (one size per level, 32..512, ratios 0.5/1/2) and 2 classes (background, polyp).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d, freeze_batch_norm_2d
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from ssl4gie.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ssl4gie.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+NUM_CLASSES = 2  # background + polyp
+RESNET_LAYERS = ("layer1", "layer2", "layer3", "layer4")  # timm ResNets use torchvision's child names
+
+
+def _faster_rcnn(
+    backbone: nn.Module, score_threshold: float, detections_per_img: int, rois_per_image: int, **transform
+) -> FasterRCNN:
+    return FasterRCNN(
+        backbone,
+        num_classes=NUM_CLASSES,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        box_score_thresh=score_threshold,
+        box_detections_per_img=detections_per_img,
+        box_batch_size_per_image=rois_per_image,
+        **transform,
+    )
+
+
+def resnet_fpn_detector(
+    encoder: nn.Module,
+    *,
+    frozen: bool = False,
+    frozen_bn: bool = True,
+    fpn_channels: int = 256,
+    min_size: int = 800,
+    max_size: int = 1333,
+    score_threshold: float = 0.05,
+    detections_per_img: int = 100,
+    rois_per_image: int = 512,
+) -> FasterRCNN:
+    """Faster R-CNN with an FPN on the timm ResNet ``encoder`` (weights already loaded).
+
+    ``frozen_bn`` turns every BatchNorm into a FrozenBatchNorm (fixed statistics and affine, as torchvision does
+    for pretrained backbones); ``frozen`` also stops gradients into the encoder (and implies ``frozen_bn``), so the
+    encoder stays bit-identical during training. Images are resized inside the model so that the short side is
+    ``min_size`` unless the long side would exceed ``max_size``; detections come back in the input's frame.
+    Post-processing keeps detections scored above ``score_threshold``, at most ``detections_per_img``; the box
+    head trains on ``rois_per_image`` sampled proposals per image (torchvision's ``box_batch_size_per_image``).
+    """
+    if frozen or frozen_bn:
+        encoder = freeze_batch_norm_2d(encoder)
+    if frozen:
+        encoder.requires_grad_(False)
+    channels = {info["module"]: info["num_chs"] for info in encoder.feature_info}
+    missing = [name for name in RESNET_LAYERS if name not in channels]
+    if missing:
+        raise ConfigError(
+            f"the ResNet detector needs encoder stages {list(RESNET_LAYERS)}; {missing} not found "
+            f"in the timm model's feature_info {sorted(channels)}"
+        )
+    backbone = BackboneWithFPN(
+        encoder,
+        return_layers={name: str(i) for i, name in enumerate(RESNET_LAYERS)},
+        in_channels_list=[channels[name] for name in RESNET_LAYERS],
+        out_channels=fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
+    return _faster_rcnn(
+        backbone, score_threshold, detections_per_img, rois_per_image, min_size=min_size, max_size=max_size
+    )
+
+
+# ------------------------------------------------------------------------------------------------------- ViT
+def global_attention_blocks(depth: int) -> list[int]:
+    """Blocks that keep global attention: the last block of each quarter (2, 5, 8, 11 for 12 blocks, SPEC 4.2)."""
+    return sorted({max(0, round((k + 1) * depth / 4) - 1) for k in range(4)})
+
+
+class WindowPartition:
+    """Makes a token-mixing module (timm ``Attention``) act independently inside non-overlapping windows.
+
+    Forward hooks cut the module's B×(H·W)×C input into B·(H/w)·(W/w) sequences of w×w tokens (windows in
+    row-major order, tokens row-major inside a window, as the study's windowed attention) and put its outputs back
+    in place. Hooks rather than a wrapping module keep the module, its class and its parameter names
+    (``blocks.i.attn.qkv`` / ``proj``) exactly as timm has them, so pretrained weights and checkpoints load
+    unchanged; calling ``module.forward(x)`` directly bypasses the windows (global attention).
+    """
+
+    def __init__(self, grid: tuple[int, int], window: int) -> None:
+        height, width = grid
+        if height % window or width % window:
+            raise ValueError(f"token grid {height}×{width} is not divisible into {window}×{window} windows")
+        self.grid, self.window = (height, width), window
+
+    def attach(self, module: nn.Module) -> nn.Module:
+        module.register_forward_pre_hook(self._partition, with_kwargs=True)
+        module.register_forward_hook(self._merge)
+        module.window_size = self.window  # visible to anyone inspecting the model
+        return module
+
+    def _partition(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if kwargs.get("attn_mask") is not None or kwargs.get("is_causal"):
+            raise ValueError("windowed attention does not take an attention mask")
+        x, *rest = args
+        (h, w), s = self.grid, self.window
+        b, n, c = x.shape
+        if n != h * w:
+            raise ValueError(f"windowed attention expects {h}×{w} = {h * w} tokens (no class token), got {n}")
+        windows = x.view(b, h // s, s, w // s, s, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s, c)
+        return (windows, *rest), kwargs
+
+    def _merge(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        (h, w), s = self.grid, self.window
+        c = output.shape[-1]
+        grid = output.view(-1, h // s, w // s, s, s, c).permute(0, 1, 3, 2, 4, 5)
+        return grid.reshape(-1, h * w, c)
+
+
+def drop_class_token(vit: nn.Module) -> None:
+    """Remove a timm ViT's CLS token after its weights are loaded (the detector uses patch tokens only).
+
+    The position embedding keeps its patch part (requires_grad unchanged: frozen sin-cos tables stay frozen),
+    so ``forward_features`` returns B×(H·W)×C tokens.
+    """
+    if vit.cls_token is None:
+        return
+    if getattr(vit, "reg_token", None) is not None:
+        raise ConfigError("the ViT detector supports ViTs with a class token only, not register tokens")
+    if vit.pos_embed is not None and not vit.no_embed_class:
+        patch_part = vit.pos_embed.detach()[:, vit.num_prefix_tokens :].clone()
+        vit.pos_embed = nn.Parameter(patch_part, requires_grad=vit.pos_embed.requires_grad)
+    vit.cls_token = None
+    vit.num_prefix_tokens, vit.has_class_token = 0, False
+
+
+def _conv_ln(in_channels: int, out_channels: int) -> list[nn.Module]:
+    # Conv1×1 -> LN -> Conv3×3 -> LN; no conv bias before a norm (as ViTDet)
+    return [
+        nn.Conv2d(in_channels, out_channels, 1, bias=False),
+        LayerNorm2d(out_channels),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        LayerNorm2d(out_channels),
+    ]
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet's simple feature pyramid on a stride-16 map (SPEC 4.6 with channel-wise LayerNorm2d).
+
+    Input B×C×H×W; output ``OrderedDict`` "0", "1", "2", "3" at strides 4, 8, 16, 32 and "pool" (stride 64),
+    each with ``out_channels`` channels. Works at any input size (the study's whole-tensor LayerNorms did not).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int = 256) -> None:
+        super().__init__()
+        c = in_channels
+        self.stride4 = nn.Sequential(
+            nn.ConvTranspose2d(c, c, 2, stride=2),
+            LayerNorm2d(c),
+            nn.GELU(),
+            nn.ConvTranspose2d(c, c, 2, stride=2),
+            *_conv_ln(c, out_channels),
+        )
+        self.stride8 = nn.Sequential(nn.ConvTranspose2d(c, c, 2, stride=2), *_conv_ln(c, out_channels))
+        self.stride16 = nn.Sequential(*_conv_ln(c, out_channels))
+        self.stride32 = nn.Sequential(nn.MaxPool2d(2), *_conv_ln(c, out_channels))
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        levels = [self.stride4(x), self.stride8(x), self.stride16(x), self.stride32(x)]
+        out = OrderedDict((str(i), level) for i, level in enumerate(levels))
+        out["pool"] = F.max_pool2d(levels[-1], kernel_size=1, stride=2)  # as torchvision's LastLevelMaxPool
+        return out
+
+
+class ViTDetBackbone(nn.Module):
+    """timm ViT (no CLS token; windowed attention except in ``global_blocks``) + :class:`SimpleFeaturePyramid`.
+
+    Takes B×3×S×S normalised images at the size the ViT was built for; returns the pyramid dict torchvision's
+    Faster R-CNN expects (``out_channels`` attribute included). ``frozen`` stops gradients into the ViT and runs
+    it without autograd, so it stays bit-identical during training.
+    """
+
+    def __init__(
+        self,
+        vit: nn.Module,
+        window_size: int,
+        global_blocks: Sequence[int] | None = None,
+        out_channels: int = 256,
+        frozen: bool = False,
+    ) -> None:
+        super().__init__()
+        drop_class_token(vit)
+        self.grid = tuple(vit.patch_embed.grid_size)
+        depth = len(vit.blocks)
+        global_blocks = global_attention_blocks(depth) if global_blocks is None else sorted(global_blocks)
+        if any(not 0 <= i < depth for i in global_blocks):
+            raise ConfigError(f"task.global_blocks={global_blocks}: block indices must lie in 0..{depth - 1}")
+        self.windowed = [i for i in range(depth) if i not in global_blocks]
+        if self.windowed and (self.grid[0] % window_size or self.grid[1] % window_size):
+            raise ConfigError(
+                f"task.window_size={window_size} does not divide the ViT's {self.grid[0]}×{self.grid[1]} token "
+                f"grid (task.canvas_size / patch size); choose a canvas_size that is a multiple of "
+                f"patch size × window_size"
+            )
+        for i in self.windowed:
+            WindowPartition(self.grid, window_size).attach(vit.blocks[i].attn)
+        log.info(
+            "ViT detector: %d×%d tokens, windowed attention (%d×%d) in blocks %s, global in %s",
+            *self.grid,
+            window_size,
+            window_size,
+            self.windowed,
+            global_blocks,
+        )
+        self.encoder, self.frozen = vit, frozen
+        self.fpn = SimpleFeaturePyramid(vit.embed_dim, out_channels)
+        self.out_channels = out_channels
+        if frozen:
+            vit.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ViTDetBackbone:
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()  # no dropout / drop-path in a frozen encoder
+        return self
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            tokens = self.encoder.forward_features(x)  # B×N×C, final norm applied
+        b, _, c = tokens.shape
+        return self.fpn(tokens.transpose(1, 2).reshape(b, c, *self.grid))
+
+
+def vit_detector(
+    vit: nn.Module,
+    *,
+    canvas_size: int,
+    window_size: int = 16,
+    global_blocks: Sequence[int] | None = None,
+    frozen: bool = False,
+    fpn_channels: int = 256,
+    score_threshold: float = 0.05,
+    detections_per_img: int = 100,
+    rois_per_image: int = 512,
+) -> FasterRCNN:
+    """Faster R-CNN on a timm ViT built for ``canvas_size`` inputs (weights already loaded).
+
+    Inputs must already be ``canvas_size``² canvases (see ``ssl4gie.data.detection.to_canvas``); the model's
+    transform keeps that size (``fixed_size``) and adds no padding. Head options as :func:`resnet_fpn_detector`.
+    """
+    patch = vit.patch_embed.patch_size[0]
+    if tuple(vit.patch_embed.img_size) != (canvas_size, canvas_size) or canvas_size % patch:
+        raise ConfigError(
+            f"task.canvas_size={canvas_size} must be a multiple of the ViT patch size {patch}, and the ViT must be "
+            f"built for it (found img_size {tuple(vit.patch_embed.img_size)})"
+        )
+    backbone = ViTDetBackbone(vit, window_size, global_blocks, fpn_channels, frozen)
+    return _faster_rcnn(
+        backbone,
+        score_threshold,
+        detections_per_img,
+        rois_per_image,
+        min_size=canvas_size,
+        max_size=canvas_size,
+        fixed_size=(canvas_size, canvas_size),
+        size_divisible=patch,
+    )

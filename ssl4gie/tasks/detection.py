@@ -1,0 +1,261 @@
+"""Polyp detection on Kvasir-SEG boxes: Faster R-CNN losses, COCO mAP in the original image frame, box figures."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.patches import Rectangle
+from omegaconf import DictConfig
+from torch import nn
+
+from ssl4gie.data.detection import DetectionDataset, KvasirDetection, from_canvas
+from ssl4gie.data.readers import open_image
+from ssl4gie.errors import ConfigError
+from ssl4gie.metrics.detection import DetectionMetricAccumulator
+from ssl4gie.models.backbone import create_backbone
+from ssl4gie.models.detection import resnet_fpn_detector, vit_detector
+from ssl4gie.models.pretrained import load_pretrained
+from ssl4gie.tasks.base import Evaluator, Task
+from ssl4gie.utils.io import write_json
+from ssl4gie.visualize import save_figure
+
+log = logging.getLogger(__name__)
+
+FROZEN_BN = ("auto", True, False)
+PREDICTIONS_FILE = "predicted_bboxes.json"
+GT_COLOUR, PRED_COLOUR = "yellow", "lime"  # the study's figure colours (SPEC 7)
+
+
+def resolve_frozen_bn(option: str | bool, pretraining: str) -> bool:
+    """``task.frozen_bn`` -> whether the ResNet's BatchNorms are frozen (``frozen=true`` freezes them anyway).
+
+    ``auto`` follows torchvision (FrozenBatchNorm only for pretrained backbones): the statistics of a pretrained
+    encoder are worth keeping, while a randomly initialised one needs trainable normalisation.
+    """
+    if option not in FROZEN_BN:
+        raise ConfigError(f"task.frozen_bn={option!r} is not valid; valid: auto, true, false")
+    return pretraining != "random" if option == "auto" else bool(option)
+
+
+class DetectionTask(Task):
+    """Faster R-CNN finetuning (SPEC 3.2, 4.6, 5.2, 6.2).
+
+    ResNet backbones see images at native size (resized inside the model to ``min_size``/``max_size``); ViT
+    backbones see a ``canvas_size`` square canvas. Predictions and metrics are in the original image frame for
+    both (the study scored ViTs in the canvas frame, SPEC 11.17).
+
+    ``frozen_bn`` (ResNet only): ``auto`` = FrozenBatchNorm for pretrained rows and for ``frozen=true``, trainable
+    BatchNorm for ``pretraining=random`` (torchvision's current rule); ``true`` = always frozen (the study's
+    behaviour, which leaves a random-init detector without normalisation, SPEC 11.19); ``false`` = trainable
+    unless ``frozen=true``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        monitor: str,
+        monitor_mode: str,
+        augment: bool,
+        canvas_size: int,
+        window_size: int,
+        min_size: int,
+        max_size: int,
+        frozen_bn: str | bool,
+        fpn_channels: int,
+        score_threshold: float,
+        detections_per_img: int,
+        rois_per_image: int,
+        score_threshold_figures: float,
+        global_blocks: list[int] | None = None,
+        input_size: int | None = None,
+    ) -> None:
+        if input_size is not None:
+            raise ConfigError(
+                f"task.input_size={input_size}: detection has no fixed input size; set task.min_size/max_size "
+                f"(ResNet) or task.canvas_size (ViT) instead"
+            )
+        resolve_frozen_bn(frozen_bn, "random")  # reject an invalid value before any data is read
+        for key, value in (
+            ("canvas_size", canvas_size),
+            ("window_size", window_size),
+            ("min_size", min_size),
+        ):
+            if int(value) < 1:
+                raise ConfigError(f"task.{key}={value} must be a positive number of pixels/tokens")
+        if max_size < min_size:
+            raise ConfigError(f"task.max_size={max_size} must be at least task.min_size={min_size}")
+        self.name, self.monitor, self.monitor_mode, self.input_size = name, monitor, monitor_mode, None
+        self.augment, self.canvas_size, self.window_size = augment, int(canvas_size), int(window_size)
+        self.min_size, self.max_size, self.frozen_bn = int(min_size), int(max_size), frozen_bn
+        self.fpn_channels = int(fpn_channels)
+        self.global_blocks = None if global_blocks is None else [int(i) for i in global_blocks]
+        # Faster R-CNN head options, the same for both detectors
+        self.head = {
+            "score_threshold": float(score_threshold),
+            "detections_per_img": int(detections_per_img),
+            "rois_per_image": int(rois_per_image),
+        }
+        self.figure_threshold = float(score_threshold_figures)
+        # Set by build_model: canvas_size for ViTs, None (images at native size) for ResNets.
+        self.canvas: int | None = None
+
+    # ------------------------------------------------------------------------------------------------ model
+    def build_model(
+        self, backbone: DictConfig, pretraining: DictConfig, frozen: bool, weights_dir: str
+    ) -> nn.Module:
+        builders = {"resnet": self._resnet, "vit": self._vit}
+        if backbone.family not in builders:
+            raise ConfigError(
+                f"task=detection has no detector for backbone family '{backbone.family}' "
+                f"(backbone={backbone.name}); known families: {sorted(builders)}"
+            )
+        # The ViT's position embedding is built (and pretrained weights resampled) for the canvas; ResNets take
+        # any size and ignore the value.
+        encoder = create_backbone(backbone, self.canvas_size)
+        load_pretrained(encoder, pretraining, backbone, weights_dir, self.canvas_size)
+        return builders[backbone.family](encoder, pretraining, frozen)
+
+    def _resnet(self, encoder: nn.Module, pretraining: DictConfig, frozen: bool) -> nn.Module:
+        frozen_bn = resolve_frozen_bn(self.frozen_bn, pretraining.name)
+        log.info(
+            "ResNet detector: %s BatchNorm (task.frozen_bn=%s)",
+            "frozen" if frozen_bn or frozen else "trainable",
+            self.frozen_bn,
+        )
+        self.canvas = None
+        return resnet_fpn_detector(
+            encoder,
+            frozen=frozen,
+            frozen_bn=frozen_bn,
+            fpn_channels=self.fpn_channels,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            **self.head,
+        )
+
+    def _vit(self, encoder: nn.Module, pretraining: DictConfig, frozen: bool) -> nn.Module:
+        self.canvas = self.canvas_size
+        return vit_detector(
+            encoder,
+            canvas_size=self.canvas_size,
+            window_size=self.window_size,
+            global_blocks=self.global_blocks,
+            frozen=frozen,
+            fpn_channels=self.fpn_channels,
+            **self.head,
+        )
+
+    # ------------------------------------------------------------------------------------------------- data
+    def build_datasets(
+        self, reader: KvasirDetection, splits: list[str], cache_dir: str | None, progress: bool
+    ) -> dict[str, DetectionDataset]:
+        """Datasets per split; call after :meth:`build_model` (which decides native size vs canvas).
+
+        Images are decoded per item (native sizes vary), so ``cache_dir`` is not used.
+        """
+        indices = reader.splits()
+        return {
+            s: DetectionDataset(
+                reader, indices[s], train=(s == "train" and self.augment), canvas_size=self.canvas
+            )
+            for s in splits
+        }
+
+    # ------------------------------------------------------------------------------------------- train/eval
+    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Sum of torchvision's four Faster R-CNN losses (RPN objectness/box, classifier, box), in fp32."""
+        losses = model(list(batch["image"]), batch["target"])
+        return {"loss": sum(loss.float() for loss in losses.values())}
+
+    def predict(self, model: nn.Module, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """Post-processed detections (score > ``score_threshold``, at most ``detections_per_img``), with boxes
+        mapped back to each original image's pixel frame."""
+        detections = model(list(batch["image"]))
+        return [
+            {
+                "boxes": from_canvas(d["boxes"].float(), meta["canvas"], meta["orig_size"]),
+                "scores": d["scores"].float(),
+                "labels": d["labels"],
+            }
+            for d, meta in zip(detections, batch["meta"], strict=True)
+        ]
+
+    def evaluator(self, keep: int = 0, save_dir: Path | None = None) -> Evaluator:
+        return DetectionEvaluator(self.figure_threshold, keep, save_dir)
+
+    def draw(self, kept: list[dict], folder: Path) -> list[Path]:
+        """Ground truth in yellow and predictions scored above ``score_threshold_figures`` in green, on the
+        original full-resolution image."""
+        return [
+            save_figure(box_figure(item, self.figure_threshold), folder / f"{item['meta']['name']}.png")
+            for item in kept
+        ]
+
+
+class DetectionEvaluator(Evaluator):
+    """COCO mAP (``map``, ``map_50``, ``map_75``) over a split in the original image frame; in predict mode also
+    writes ``predicted_bboxes.json`` (the structure of ``kavsir_bboxes.json`` plus a ``score`` per box) to
+    ``save_dir``."""
+
+    def __init__(self, figure_threshold: float, keep: int = 0, save_dir: Path | None = None) -> None:
+        super().__init__(keep, save_dir)
+        self.metrics = DetectionMetricAccumulator(score_threshold=figure_threshold)
+        self.predictions: dict[str, dict] = {}
+
+    def process(self, batch: dict[str, Any], outputs: list[dict[str, torch.Tensor]]) -> None:
+        metas, targets = batch["meta"], batch["target_native"]
+        self.metrics.update(outputs, targets, [m["name"] for m in metas])
+        for pred, target, meta in zip(outputs, targets, metas, strict=True):
+            boxes, scores = pred["boxes"].cpu().numpy(), pred["scores"].cpu().numpy()
+            if len(self.kept) < self.keep:
+                self.kept.append(
+                    {"meta": meta, "target": target["boxes"].cpu().numpy(), "boxes": boxes, "scores": scores}
+                )
+            if self.save_dir is not None:
+                height, width = meta["orig_size"]
+                self.predictions[meta["name"]] = {
+                    "height": int(height),
+                    "width": int(width),
+                    "bbox": [box_entry(box, score) for box, score in zip(boxes, scores, strict=True)],
+                }
+
+    def compute(self) -> tuple[dict[str, float], list[dict]]:
+        metrics, rows = self.metrics.compute()
+        if self.save_dir is not None:
+            path = write_json(self.save_dir / PREDICTIONS_FILE, self.predictions)
+            log.info("wrote the predicted boxes of %d images to %s", len(self.predictions), path)
+        return metrics, rows
+
+
+def box_entry(box: np.ndarray, score: float) -> dict:
+    """One predicted box as in ``kavsir_bboxes.json`` (float pixel edges), plus its score."""
+    coords = {key: round(float(v), 2) for key, v in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True)}
+    return {"label": "polyp", **coords, "score": round(float(score), 4)}
+
+
+def box_figure(item: dict, threshold: float) -> plt.Figure:
+    """A matplotlib figure of one evaluated image: ground truth (yellow) and predictions > ``threshold`` (green)."""
+    meta = item["meta"]
+    image = np.asarray(open_image(Path(meta["image_path"]), "RGB"))
+    height, width = image.shape[:2]
+    fig, ax = plt.subplots(figsize=(8, 8 * height / width))
+    ax.imshow(image)
+    shown = item["scores"] > threshold
+    line = max(1.5, width / 400)
+    for boxes, colour in ((item["target"], GT_COLOUR), (item["boxes"][shown], PRED_COLOUR)):
+        for x0, y0, x1, y1 in boxes:
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=line))
+    scores = ", ".join(f"{s:.2f}" for s in item["scores"][shown]) or "none"
+    ax.set_title(
+        f"{meta['name']}\nground truth (yellow): {len(item['target'])}   "
+        f"predictions > {threshold:g} (green), scores: {scores}",
+        fontsize=9,
+    )
+    ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,175 @@
+"""Detection end to end through the real composed config (tiny backbones, synthetic Kvasir-SEG), and the task's
+contracts: predictions in the original image frame, option checks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from checkpoint_layouts import mae_encoder, plain, random_like, tiny_backbone
+from conftest import FAST, TINY, compose_config
+from omegaconf import OmegaConf
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from ssl4gie.cli import execute
+from ssl4gie.data.detection import DetectionDataset, KvasirDetection
+from ssl4gie.data.synthetic import write_kvasir_seg
+from ssl4gie.errors import ConfigError
+from ssl4gie.tasks.detection import PREDICTIONS_FILE, DetectionTask, resolve_frozen_bn
+
+# 16 images -> 12/2/2; sides up to 160 px so the ViT's 128² canvas both pads and shrinks.
+SYNTHETIC = "dataset.synthetic={n: 16, seed: 0, size_range: [48, 160]}"
+# detection has no fixed input size; a narrow pyramid and few sampled RoIs keep CPU steps short
+FAST_DET = [o for o in FAST if not o.startswith("task.input_size")] + [
+    "task.fpn_channels=16",
+    "task.rois_per_image=64",
+]
+PER_BACKBONE = {
+    "resnet50": ["task.min_size=64", "task.max_size=128"],
+    # 8×8 tokens in 4×4 windows; block 3 global, blocks 0-2 windowed (the tiny ViT has 4 blocks)
+    "vit_b": ["task.canvas_size=128", "task.window_size=4", "task.global_blocks=[3]"],
+}
+MAP_KEYS = ("test/map", "test/map_50", "test/map_75")
+
+
+def _config(backbone, tmp_paths, output_dir, *extra):
+    overrides = ["task=detection", f"backbone={backbone}", *TINY, *FAST_DET, *tmp_paths, SYNTHETIC]
+    return compose_config([*overrides, *PER_BACKBONE[backbone], *extra], output_dir)
+
+
+@pytest.mark.parametrize("backbone", sorted(PER_BACKBONE))
+def test_train_eval_predict(backbone, tmp_paths, tmp_path):
+    train_dir = tmp_path / "train"
+    execute(_config(backbone, tmp_paths, train_dir))
+    metrics = json.loads((train_dir / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and metrics["monitor"] == "val/map"
+    for key in ("val/map", *MAP_KEYS):
+        assert 0.0 <= metrics[key] <= 1.0, key  # NaN would mean no ground truth reached the metric
+    assert metrics["n_test"] == 2
+    assert sorted(p.suffix for p in (train_dir / "figures").iterdir()) == [".png", ".png"]
+
+    ckpt = f"ckpt={train_dir / 'best.pt'}"
+    execute(_config(backbone, tmp_paths, tmp_path / "eval", "mode=eval", ckpt))
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in MAP_KEYS:  # the same weights on the same images give the same numbers
+        assert evaluated[key] == pytest.approx(metrics[key], abs=1e-6), key
+
+    predict_dir = tmp_path / "predict"
+    execute(_config(backbone, tmp_paths, predict_dir, "mode=predict", ckpt))
+    predicted = json.loads((predict_dir / "predictions" / PREDICTIONS_FILE).read_text())
+    reader = KvasirDetection(str(tmp_path / "data" / "Kvasir-SEG"), "kvasir_det")
+    test_items = [reader.items[i] for i in reader.splits()["test"]]
+    assert sorted(predicted) == sorted(item.name for item in test_items)
+    for item in test_items:  # boxes in the original image frame, not the canvas
+        entry = predicted[item.name]
+        assert (entry["height"], entry["width"]) == item.size
+        for box in entry["bbox"]:
+            assert 0 <= box["xmin"] <= box["xmax"] <= item.size[1]
+            assert 0 <= box["ymin"] <= box["ymax"] <= item.size[0]
+            assert box["label"] == "polyp" and 0.05 < box["score"] <= 1
+    assert len(list((predict_dir / "figures").glob("*.png"))) == 2
+
+
+class EchoDetector(torch.nn.Module):
+    """Stands in for a perfect detector: returns each image's own (canvas-frame) ground truth with score 1."""
+
+    def __init__(self, targets):
+        super().__init__()
+        self.targets = targets
+
+    def forward(self, images):
+        return [
+            {"boxes": t["boxes"], "scores": torch.ones(len(t["boxes"])), "labels": t["labels"]}
+            for t in self.targets
+        ]
+
+
+@pytest.mark.parametrize("canvas", [None, 64, 256])  # native size; shrink + pad; pad only
+def test_predictions_are_mapped_back_to_the_original_frame(canvas, tmp_path):
+    reader = KvasirDetection(
+        str(write_kvasir_seg(tmp_path / "kvasir", n=4, seed=1, size_range=(80, 150))), "k"
+    )
+    dataset = DetectionDataset(reader, [0, 1, 2, 3], train=False, canvas_size=canvas)
+    samples = [dataset[i] for i in range(4)]
+    batch = {
+        "image": [s["image"] for s in samples],
+        "meta": [s["meta"] for s in samples],
+        "target_native": [s["target_native"] for s in samples],
+    }
+    task = DetectionTask(**{**_task_options(), "canvas_size": canvas or 1024})
+    outputs = task.predict(EchoDetector([s["target"] for s in samples]), batch)
+    for out, sample in zip(outputs, samples, strict=True):
+        torch.testing.assert_close(out["boxes"], sample["target_native"]["boxes"], atol=1e-3, rtol=0)
+    evaluator = task.evaluator(keep=1, save_dir=tmp_path / "predictions")
+    evaluator.process(batch, outputs)
+    metrics, rows = evaluator.compute()
+    assert metrics["map"] == pytest.approx(1.0) and [r["mean_best_iou"] for r in rows] == pytest.approx(
+        [1.0] * 4
+    )
+    saved = json.loads((tmp_path / "predictions" / PREDICTIONS_FILE).read_text())
+    assert set(saved) == {item.name for item in reader.items}
+    figures = task.draw(evaluator.kept, tmp_path / "figures")
+    assert [p.name for p in figures] == [f"{reader.items[0].name}.png"] and figures[0].stat().st_size > 0
+
+
+def _task_options(**changes):
+    cfg = compose_config(["task=detection"]).task
+    options = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"}
+    return {**options, **changes}
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"frozen_bn": "sometimes"}, "task.frozen_bn"),
+        ({"input_size": 224}, "task.input_size"),
+        ({"min_size": 900, "max_size": 800}, "task.max_size"),
+        ({"canvas_size": 0}, "task.canvas_size"),
+    ],
+)
+def test_invalid_options_are_rejected(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        DetectionTask(**_task_options(**changes))
+
+
+def test_frozen_bn_rule():
+    assert resolve_frozen_bn("auto", "random") is False  # random init: trainable BatchNorm
+    assert resolve_frozen_bn("auto", "imagenet_sl") is True
+    assert resolve_frozen_bn(True, "random") is True  # the study's behaviour
+    assert resolve_frozen_bn(False, "imagenet_sl") is False
+
+
+def test_unknown_backbone_family_is_rejected(tmp_path):
+    task = DetectionTask(**_task_options())
+    backbone = OmegaConf.create({"name": "convnext", "family": "convnext"})
+    with pytest.raises(ConfigError, match="known families: \\['resnet', 'vit'\\]"):
+        task.build_model(backbone, OmegaConf.create({"name": "random"}), False, str(tmp_path))
+    assert not math.isnan(task.figure_threshold)
+
+
+@pytest.mark.parametrize(
+    "backbone,family,pretraining,layout",
+    [("resnet50", "resnet", "imagenet_barlowtwins", plain), ("vit_b", "vit", "imagenet_mae", mae_encoder)],
+)
+def test_pretrained_rows_load_into_the_detectors(backbone, family, pretraining, layout, tmp_path):
+    source = random_like(tiny_backbone(family, img_size=224).state_dict())  # as published: 224 inputs
+    torch.save(layout(family, source)[0], tmp_path / "weights.pth")
+    overrides = ["task=detection", f"backbone={backbone}", f"pretraining={pretraining}", *TINY]
+    overrides += [f"pretraining.checkpoint={tmp_path / 'weights.pth'}", *PER_BACKBONE[backbone]]
+    cfg = compose_config(overrides)
+    task = DetectionTask(**{k: v for k, v in cfg.task.items() if k != "_target_"})
+    model = task.build_model(cfg.backbone, cfg.pretraining, False, str(tmp_path))
+    if family == "resnet":
+        encoder = model.backbone.body
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in encoder.modules())  # frozen_bn=auto, pretrained
+        assert any(isinstance(m, FrozenBatchNorm2d) for m in encoder.modules())
+        weight = "layer4.0.conv2.weight"
+    else:
+        encoder = model.backbone.encoder
+        assert encoder.cls_token is None and encoder.pos_embed.shape[1] == 64  # 8×8 patch tokens only
+        assert not encoder.pos_embed.requires_grad  # MAE's sin-cos table stays frozen
+        weight = "blocks.0.attn.qkv.weight"
+    assert torch.equal(encoder.state_dict()[weight], source[weight])
