@@ -42,3 +42,31 @@ def test_training_augmentation_is_random_and_keeps_mask_aligned(tmp_path, kvasir
     for s in (a, b):
         outside = s["image"].eq(-1.0).all(0)  # the affine's fill in the normalised image
         assert s["target"][0][outside].abs().max() == 0  # ...is background in the mask too
+
+
+def test_separable_blur_equals_torchvision_blur():
+    from torchvision.transforms.v2 import functional as F
+
+    from ssl4gie.data.transforms import SeparableGaussianBlur
+
+    image = torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8)
+    torch.manual_seed(3)
+    ours = SeparableGaussianBlur(25, (0.001, 2.0))(image)
+    torch.manual_seed(3)
+    sigma = torch.empty(1).uniform_(0.001, 2.0).item()  # the same draw
+    reference = F.gaussian_blur(image, [25, 25], [sigma, sigma])
+    assert (ours.int() - reference.int()).abs().max() <= 1
+    assert ours.dtype == torch.uint8 and ours.shape == image.shape
+
+
+def test_pil_colour_jitter_matches_the_tensor_jitter_for_the_same_draw():
+    from ssl4gie.data.transforms import PILColorJitter
+
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    jitter = PILColorJitter(brightness=0.4, contrast=0.5, saturation=0.25, hue=0.01)
+    torch.manual_seed(5)
+    via_pil = jitter(image)
+    torch.manual_seed(5)
+    via_tensor = jitter.jitter(image)  # torchvision's tensor kernels, same random parameters
+    assert via_pil.shape == image.shape and via_pil.dtype == torch.uint8
+    assert (via_pil.float() - via_tensor.float()).abs().mean() < 3.0  # same operation, integer rounding apart
