@@ -29,9 +29,8 @@ def tiny_run_args(kvasir, tmp_path, *extra):
     ]
 
 
-def test_sigkill_then_relaunch_resumes_from_last_checkpoint(tmp_path, kvasir_tiny):
-    args = tiny_run_args(kvasir_tiny, tmp_path, "trainer.epochs=4", "trainer.batch_size=2")
-    run = tmp_path / "run"
+def start_until_first_checkpoint(args: list[str], run) -> subprocess.Popen:
+    """Start ``run.py args`` in the background and return once its first ``last.pt`` exists."""
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "run.py"), *args],
         cwd=ROOT,
@@ -41,6 +40,13 @@ def test_sigkill_then_relaunch_resumes_from_last_checkpoint(tmp_path, kvasir_tin
     deadline = time.time() + 300
     while not (run / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
+    return proc
+
+
+def test_sigkill_then_relaunch_resumes_from_last_checkpoint(tmp_path, kvasir_tiny):
+    args = tiny_run_args(kvasir_tiny, tmp_path, "trainer.epochs=4", "trainer.batch_size=2")
+    run = tmp_path / "run"
+    proc = start_until_first_checkpoint(args, run)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)  # no handler runs: the state on disk is whatever was complete
     proc.wait()
@@ -60,15 +66,7 @@ def test_sigkill_then_relaunch_resumes_from_last_checkpoint(tmp_path, kvasir_tin
 def test_sigterm_saves_last_checkpoint_mid_epoch(tmp_path, kvasir_tiny):
     args = tiny_run_args(kvasir_tiny, tmp_path, "trainer.epochs=50", "trainer.batch_size=2")
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while not (run / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
+    proc = start_until_first_checkpoint(args, run)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) != 0
     log = (run / "run.log").read_text()
