@@ -349,26 +349,20 @@ class C3VDDataset(Dataset):
         self.indices, self.size, self.native = list(indices), size, native
         self.transform = DepthTrainTransform() if train and not device_augment else None
         self.device_augment = train and device_augment
-        self.arrays = None
-        if cache_dir is not None:
-            all_items = reader.items
-            self.arrays = decoded_cache.load_or_build(
-                cache_dir, reader.name,
-                files=[p for f in all_items for p in (f.image, f.depth)],
-                settings={"size": size, "canvas": "black square", "image": "bicubic", "depth": "nearest"},
-                fields={"image": ((size, size, 3), "uint8"), "depth": ((size, size), "uint16")},
-                n=len(all_items), decode=lambda i: decode_frame(all_items[i], size), progress=progress,
-            )  # fmt: skip
+        self.samples = decoded_cache.DecodedSamples(
+            reader.items, size, decode_frame, cache_dir, reader.name,
+            files=[p for f in reader.items for p in (f.image, f.depth)],
+            settings={"size": size, "canvas": "black square", "image": "bicubic", "depth": "nearest"},
+            fields={"image": ((size, size, 3), "uint8"), "depth": ((size, size), "uint16")},
+            progress=progress,
+        )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
         frame = self.items[i]
-        if self.arrays is not None:
-            arrays = {k: self.arrays[k][self.indices[i]] for k in ("image", "depth")}
-        else:
-            arrays = decode_frame(frame, self.size)
+        arrays = self.samples[self.indices[i]]
         image = torch.from_numpy(np.array(arrays["image"])).permute(2, 0, 1)  # copy: the cache is read-only
         depth = torch.from_numpy(np.asarray(arrays["depth"], dtype=np.float32) / DEPTH_SCALE)[None]
         if self.transform is not None:

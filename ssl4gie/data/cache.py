@@ -89,3 +89,43 @@ def _build(path: Path, fields: Fields, n: int, decode, workers: int | None, prog
         log.info("built decoded-sample cache %s (%d samples)", path, n)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class DecodedSamples:
+    """The decoded, resized arrays of every item of a dataset, by index into ``items``.
+
+    With a ``cache_dir`` they come from the decode-once cache (built on first use); without one (``cache=false``)
+    each access decodes the files again, as the study does. ``decode(item, size)`` must be a module-level function
+    returning ``{field: array}`` as declared in ``fields``.
+    """
+
+    def __init__(
+        self,
+        items: Sequence,
+        size: int,
+        decode: Callable[[object, int], dict[str, np.ndarray]],
+        cache_dir: str | os.PathLike | None,
+        dataset: str,
+        files: Sequence[Path],
+        settings: dict,
+        fields: Fields,
+        progress: bool = True,
+    ) -> None:
+        self.items, self.size, self.decode = items, size, decode
+        self.arrays = None
+        if cache_dir is not None:
+            self.arrays = load_or_build(
+                cache_dir,
+                dataset,
+                files,
+                settings,
+                fields,
+                len(items),
+                lambda i: decode(items[i], size),
+                progress=progress,
+            )
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        if self.arrays is None:
+            return self.decode(self.items[index], self.size)
+        return {name: array[index] for name, array in self.arrays.items()}

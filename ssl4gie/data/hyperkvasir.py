@@ -226,6 +226,11 @@ class ClassificationTrainTransform:
         return normalize(self.ops(image))
 
 
+def decode_item(item: HyperKvasirItem, size: int) -> dict[str, np.ndarray]:
+    """:func:`decode` in the decoded-samples layout."""
+    return {"image": decode(item.image, size)}
+
+
 class HyperKvasirDataset(Dataset):
     """Samples ``{"image", "target", "meta"}`` of one split.
 
@@ -249,26 +254,24 @@ class HyperKvasirDataset(Dataset):
         self.indices, self.size, self.train = list(indices), size, train
         self.device_augment = train and device_augment
         self.transform = ClassificationTrainTransform() if train and not device_augment else None
-        self.images = None
-        if cache_dir is not None:
-            every = reader.items  # one cache per dataset and size, shared by all splits
-            self.images = decoded_cache.load_or_build(
-                cache_dir,
-                reader.name,
-                files=[it.image for it in every],
-                settings={"size": size, "resize": "bicubic"},
-                fields={"image": ((size, size, 3), "uint8")},
-                n=len(every),
-                decode=lambda i: {"image": decode(every[i].image, size)},
-                progress=progress,
-            )["image"]
+        self.samples = decoded_cache.DecodedSamples(
+            reader.items,  # one cache per dataset and size, shared by all splits
+            size,
+            decode_item,
+            cache_dir,
+            reader.name,
+            files=[it.image for it in reader.items],
+            settings={"size": size, "resize": "bicubic"},
+            fields={"image": ((size, size, 3), "uint8")},
+            progress=progress,
+        )
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
         item = self.items[i]
-        array = self.images[self.indices[i]] if self.images is not None else decode(item.image, self.size)
+        array = self.samples[self.indices[i]]["image"]
         image = torch.from_numpy(np.array(array)).permute(2, 0, 1)  # copy: the cache is read-only
         if self.transform is not None:
             image = self.transform(image)

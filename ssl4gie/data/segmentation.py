@@ -156,30 +156,24 @@ class SegmentationDataset(Dataset):
         self.indices, self.size, self.train = list(indices), size, train
         self.transform = SegmentationTrainTransform() if train and not device_augment else None
         self.device_augment = train and device_augment
-        self.arrays = None
-        if cache_dir is not None:
-            all_items = reader.items
-            self.arrays = decoded_cache.load_or_build(
-                cache_dir,
-                reader.name,
-                files=[p for it in all_items for p in (it.image, it.mask)],
-                settings={"size": size, "resize": "bicubic"},
-                fields={"image": ((size, size, 3), "uint8"), "mask": ((size, size), "uint8")},
-                n=len(all_items),
-                decode=lambda i: decode_pair(all_items[i], size),
-                progress=progress,
-            )
+        self.samples = decoded_cache.DecodedSamples(
+            reader.items,
+            size,
+            decode_pair,
+            cache_dir,
+            reader.name,
+            files=[p for it in reader.items for p in (it.image, it.mask)],
+            settings={"size": size, "resize": "bicubic"},
+            fields={"image": ((size, size, 3), "uint8"), "mask": ((size, size), "uint8")},
+            progress=progress,
+        )
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
         item = self.items[i]
-        if self.arrays is not None:
-            j = self.indices[i]
-            arrays = {"image": self.arrays["image"][j], "mask": self.arrays["mask"][j]}
-        else:
-            arrays = decode_pair(item, self.size)
+        arrays = self.samples[self.indices[i]]
         image = torch.from_numpy(np.array(arrays["image"])).permute(2, 0, 1)  # copy: the cache is read-only
         mask = torch.from_numpy(np.array(arrays["mask"], dtype=np.float32) / 255.0)[None]
         if self.transform is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ssl4gie.data import cache
 from ssl4gie.data.segmentation import KvasirSeg, SegmentationDataset
@@ -93,7 +94,11 @@ def test_segmentation_dataset_rebuilds_for_another_input_size(tmp_path, kvasir_t
     n = len(reader.items)
     small = SegmentationDataset(reader, [0, 1], 32, train=False, cache_dir=str(tmp_path), progress=False)
     large = SegmentationDataset(reader, [0, 1], 48, train=False, cache_dir=str(tmp_path), progress=False)
-    assert small.arrays["image"].shape == (n, 32, 32, 3) and large.arrays["mask"].shape == (n, 48, 48)
+    assert small.samples.arrays["image"].shape == (n, 32, 32, 3) and large.samples.arrays["mask"].shape == (
+        n,
+        48,
+        48,
+    )
     assert small[0]["image"].shape == (3, 32, 32) and large[1]["target"].shape == (1, 48, 48)
     assert len(_entries(tmp_path)) == 2
 
@@ -102,7 +107,7 @@ def test_segmentation_dataset_rebuilds_for_another_input_size(tmp_path, kvasir_t
 
     monkeypatch.setattr("ssl4gie.data.segmentation.decode_pair", fail)
     again = SegmentationDataset(reader, [2], 32, train=True, cache_dir=str(tmp_path), progress=False)
-    np.testing.assert_array_equal(again.arrays["image"], small.arrays["image"])
+    np.testing.assert_array_equal(again.samples.arrays["image"], small.samples.arrays["image"])
     assert len(_entries(tmp_path)) == 2
 
 
@@ -164,3 +169,13 @@ def test_a_decode_error_leaves_no_cache_folder(tmp_path):
     # and the next attempt builds normally
     arrays = _build(tmp_path / "cache", files, functools.partial(_decode_from_files, files))
     assert [int(a[0, 0]) for a in arrays["x"]] == [0, 1, 2, 3]
+
+
+def test_without_cache_samples_are_decoded_on_access_and_equal_the_cached_ones(tmp_path, kvasir_tiny):
+    reader = KvasirSeg(str(kvasir_tiny), "kvasir_seg")
+    cached = SegmentationDataset(reader, [0, 3], 32, train=False, cache_dir=str(tmp_path), progress=False)
+    direct = SegmentationDataset(reader, [0, 3], 32, train=False, cache_dir=None, progress=False)
+    assert direct.samples.arrays is None
+    for i in range(2):
+        assert torch.equal(cached[i]["image"], direct[i]["image"])
+        assert torch.equal(cached[i]["target"], direct[i]["target"])
