@@ -25,7 +25,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ssl4gie.data import cache as decoded_cache
-from ssl4gie.data.readers import ensure_root, open_image
+from ssl4gie.data.readers import ensure_root, is_hidden, log_hidden, open_image, visible_files
 from ssl4gie.data.transforms import normalize, photometric
 from ssl4gie.errors import ConfigError, DatasetError
 
@@ -188,7 +188,7 @@ def _identify(folder: Path, root: Path, table: list[VideoEntry]) -> VideoEntry |
 
 
 def _holds_frames(folder: Path) -> bool:
-    return any(p.name.endswith(COLOR) and p.is_file() for p in folder.iterdir())
+    return any(p.name.endswith(COLOR) for p in visible_files(folder))
 
 
 class C3VD:
@@ -223,7 +223,11 @@ class C3VD:
         )
         self.split_of = {e.code: e.split for e in self.table}  # video code -> split
         self.videos = self._find_videos(unknown_videos)
-        self.items = [frame for entry in self.table if entry in self.videos for frame in self._frames(entry)]
+        hidden: list[Path] = []
+        self.items = [
+            frame for entry in self.table if entry in self.videos for frame in self._frames(entry, hidden)
+        ]
+        log_hidden(hidden, self.root)
         counts = {s: sum(1 for f in self.items if self.split_of[f.video] == s) for s in SPLITS}
         log.info(
             "C3VD at %s: %d videos, %d frames (train/val/test %d/%d/%d)",
@@ -242,13 +246,13 @@ class C3VD:
         return write_c3vd
 
     def _find_videos(self, unknown_videos: str) -> dict[VideoEntry, Path]:
-        subfolders = [p for p in sorted(self.root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+        subfolders = [p for p in sorted(self.root.iterdir()) if p.is_dir() and not is_hidden(p)]
         candidates = [p for p in subfolders if _holds_frames(p)]
         candidates += [
             q
             for p in subfolders
             for q in sorted(p.iterdir())
-            if q.is_dir() and not q.name.startswith(".") and _holds_frames(q)
+            if q.is_dir() and not is_hidden(q) and _holds_frames(q)
         ]
         if not candidates:
             hint = (
@@ -288,10 +292,11 @@ class C3VD:
             log.warning("C3VD videos of the split table not found under %s: %s", self.root, missing)
         return videos
 
-    def _frames(self, entry: VideoEntry) -> list[DepthFrame]:
+    def _frames(self, entry: VideoEntry, hidden: list[Path]) -> list[DepthFrame]:
+        """The video's frames, numerically; hidden files (macOS ``._*`` copies of frames) go to ``hidden``."""
         folder = self.videos[entry]
         frames = []
-        for image in folder.iterdir():
+        for image in visible_files(folder, hidden):
             if not image.name.endswith(COLOR):
                 continue
             stem = image.name.removesuffix(COLOR)

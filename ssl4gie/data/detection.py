@@ -21,7 +21,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ssl4gie.data.readers import ensure_root, list_images, open_image, require_dir
+from ssl4gie.data.readers import ensure_root, list_images, log_hidden, open_image, require_dir
 from ssl4gie.data.splits import study_split
 from ssl4gie.data.synthetic import write_kvasir_seg
 from ssl4gie.data.transforms import photometric
@@ -147,7 +147,9 @@ class KvasirDetection:
         )
 
     def _read(self) -> list[DetectionItem]:
-        images = list_images(require_dir(self.root, "images", self.title, self.layout))
+        hidden: list[Path] = []
+        images = list_images(require_dir(self.root, "images", self.title, self.layout), hidden)
+        log_hidden(hidden, self.root / "images")
         if not images:
             raise DatasetError(f"no images in {self.root / 'images'} (expected {self.layout})")
         boxes = read_box_file(self.box_file)

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ssl4gie.data import cache as decoded_cache
-from ssl4gie.data.readers import ensure_root, open_image, require_dir
+from ssl4gie.data.readers import ensure_root, is_hidden, log_hidden, open_image, require_dir, visible_files
 from ssl4gie.data.splits import study_split
 from ssl4gie.data.transforms import normalize, photometric
 from ssl4gie.errors import ConfigError, DatasetError
@@ -47,7 +47,7 @@ def study_order(names: Iterable[str]) -> list[str]:
 
 def _subfolders(folder: Path) -> list[str]:
     """Visible sub-folder names of ``folder`` in the study's order (a glob ``*/`` skips hidden ones)."""
-    return study_order(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return study_order(p.name for p in folder.iterdir() if p.is_dir() and not is_hidden(p))
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,7 @@ class HyperKvasir:
             )
         class_names: list[str] = []
         items: list[HyperKvasirItem] = []
+        hidden: list[Path] = []
         for tract in tracts:
             for class_name in _subfolders(tract / self.category):
                 folder = tract / self.category / class_name
@@ -128,7 +129,7 @@ class HyperKvasir:
                         f"class '{class_name}' appears twice under {labeled}/*/{self.category}/ (second: "
                         f"{folder}); class folder names must be unique within a category"
                     )
-                images, skipped = _jpg_files(folder)
+                images, skipped = _jpg_files(folder, hidden)
                 if skipped:
                     log.warning(
                         "%s: ignored %d file(s) that are not lower-case .jpg (e.g. %s), as the study does",
@@ -145,6 +146,7 @@ class HyperKvasir:
                 class_id = len(class_names)
                 class_names.append(class_name)
                 items += [HyperKvasirItem(p.stem, p, class_id, class_name) for p in images]
+        log_hidden(hidden, labeled)
         return class_names, items
 
     def _check_classes(self, expected: list[str]) -> None:
@@ -171,12 +173,11 @@ class HyperKvasir:
         return study_split(len(self.items))
 
 
-def _jpg_files(folder: Path) -> tuple[list[Path], list[str]]:
-    """(lower-case ``*.jpg`` files sorted by name, names of the other visible files)."""
+def _jpg_files(folder: Path, hidden: list[Path]) -> tuple[list[Path], list[str]]:
+    """(lower-case ``*.jpg`` files sorted by name, names of the other visible files); hidden files go to ``hidden``."""
     images, skipped = [], []
-    for p in folder.iterdir():
-        if p.is_file() and not p.name.startswith("."):
-            (images if p.name.endswith(".jpg") else skipped).append(p)
+    for p in visible_files(folder, hidden):
+        (images if p.name.endswith(".jpg") else skipped).append(p)
     return sorted(images, key=lambda p: p.name), sorted(p.name for p in skipped)
 
 

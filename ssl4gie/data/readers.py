@@ -26,11 +26,51 @@ def open_image(path: Path, mode: str) -> Image.Image:
         raise DatasetError(f"cannot read image {path}: {e}. Replace or remove the file.") from e
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files in ``folder`` (by suffix, case-insensitive), sorted by name as the study sorts them."""
+def is_hidden(path: Path) -> bool:
+    """The one rule, for every reader, for files and folders that are never data: a name starting with ".".
+
+    Such are macOS AppleDouble resource forks (``._<name>.jpg`` beside every file of a zip made on a Mac, a few
+    bytes that are no image), ``.DS_Store`` and sync/editor files. The study's globs (``*``) never match them.
+    """
+    return path.name.startswith(".")
+
+
+def visible_files(folder: Path, hidden: list[Path] | None = None) -> list[Path]:
+    """Regular files directly in ``folder`` that are not :func:`is_hidden`, unsorted.
+
+    The hidden files skipped are appended to ``hidden`` when it is given, so that a reader scanning many folders
+    can report them all in one line with :func:`log_hidden`.
+    """
+    files = []
+    for p in folder.iterdir():
+        if not p.is_file():
+            continue
+        if is_hidden(p):
+            if hidden is not None:
+                hidden.append(p)
+        else:
+            files.append(p)
+    return files
+
+
+def log_hidden(hidden: list[Path], where: Path | str) -> None:
+    """One log line for the hidden files a reader skipped under ``where`` (none: no line)."""
+    if hidden:
+        log.info(
+            "%s: skipped %d hidden file(s) (names starting with '.', e.g. macOS '._*' resource forks): %s",
+            where,
+            len(hidden),
+            hidden[0].name if len(hidden) == 1 else f"{hidden[0].name}, ...",
+        )
+
+
+def list_images(folder: Path, hidden: list[Path] | None = None) -> list[Path]:
+    """Image files in ``folder`` (by suffix, case-insensitive), sorted by name as the study sorts them.
+
+    Hidden files (:func:`is_hidden`) are skipped, and appended to ``hidden`` when it is given.
+    """
     return sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: p.name,
+        (p for p in visible_files(folder, hidden) if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: p.name
     )
 
 

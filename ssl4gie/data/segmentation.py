@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ssl4gie.data import cache as decoded_cache
-from ssl4gie.data.readers import ensure_root, list_images, open_image, require_dir
+from ssl4gie.data.readers import ensure_root, list_images, log_hidden, open_image, require_dir
 from ssl4gie.data.splits import study_split
 from ssl4gie.data.transforms import SegmentationTrainTransform, normalize
 from ssl4gie.errors import DatasetError
@@ -59,8 +59,10 @@ class SegmentationFolders:
         return None
 
     def _pair(self) -> list[SegmentationItem]:
-        images = list_images(require_dir(self.root, self.image_dir, self.title, self.layout))
-        masks = list_images(require_dir(self.root, self.mask_dir, self.title, self.layout))
+        hidden: list[Path] = []
+        images = list_images(require_dir(self.root, self.image_dir, self.title, self.layout), hidden)
+        masks = list_images(require_dir(self.root, self.mask_dir, self.title, self.layout), hidden)
+        log_hidden(hidden, self.root)
         if not images:
             raise DatasetError(f"no images in {self.root / self.image_dir} (expected {self.layout})")
         by_stem = {}

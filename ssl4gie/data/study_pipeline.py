@@ -72,7 +72,8 @@ class StudySegmentationDataset(Dataset):
         limit = MAX_TRANSLATE * self.size
         params = {
             "angle": random.uniform(-MAX_ANGLE, MAX_ANGLE),
-            "translate": [round(random.uniform(-limit, limit)), round(random.uniform(-limit, limit))],
+            # Fractional pixels, unrounded, as the study passes them to TF.affine (SPEC 3.3).
+            "translate": [random.uniform(-limit, limit), random.uniform(-limit, limit)],
             "scale": random.uniform(*SCALE),
             "shear": [random.uniform(-MAX_SHEAR, MAX_SHEAR), 0.0],
             "interpolation": T.InterpolationMode.NEAREST,

@@ -74,33 +74,77 @@ def photometric(blur: bool = True) -> v2.Compose:
     return v2.Compose(ops)
 
 
+class StudyAffine:
+    """SPEC 3.3's random affine, applied jointly to a float image and its float mask (any device, any batch dims).
+
+    Each call draws angle U(−``degrees``, ``degrees``), translation (U(−t·W, t·W), U(−t·H, t·H)) px with
+    t = ``translate``, scale U(``scale``) and x-shear U(−``shear``, ``shear``)°, in that order, from torch's global
+    generator on the CPU (so a seed gives the same warp whichever device the tensors are on), and warps both with
+    nearest interpolation; pixels from outside are ``image_fill`` in the image and ``mask_fill`` in the mask.
+
+    The translation stays fractional, as in the study, which draws its own floats and passes them to torchvision's
+    tensor ``affine``: ``v2.RandomAffine`` (like torchvision 0.10's ``RandomAffine``) would round it to whole
+    pixels. ``v2.functional.affine`` itself keeps fractional translations on tensors, so it does the warp.
+    """
+
+    def __init__(
+        self,
+        degrees: float = 180.0,
+        translate: float = 0.125,
+        scale: tuple[float, float] = (0.5, 1.5),
+        shear: float = 22.5,
+        image_fill: float = -1.0,
+        mask_fill: float = 0.0,
+    ) -> None:
+        self.degrees, self.translate, self.scale, self.shear = degrees, translate, scale, shear
+        self.image_fill, self.mask_fill = image_fill, mask_fill
+
+    def params(self, height: int, width: int) -> dict:
+        """One draw: keyword arguments of ``v2.functional.affine`` (angle, translate, scale, shear)."""
+
+        def uniform(low: float, high: float) -> float:
+            return torch.empty(1).uniform_(low, high).item()
+
+        angle = uniform(-self.degrees, self.degrees)
+        tx = uniform(-self.translate * width, self.translate * width)
+        ty = uniform(-self.translate * height, self.translate * height)
+        scale = uniform(*self.scale)
+        shear = uniform(-self.shear, self.shear)
+        return {"angle": angle, "translate": [tx, ty], "scale": scale, "shear": [shear, 0.0]}
+
+    def apply(
+        self, image: torch.Tensor, mask: torch.Tensor, params: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Warp ``image`` (…×C×H×W) and ``mask`` (…×M×H×W) with ``params``; same shapes and dtypes back."""
+        c, m = image.shape[-3], mask.shape[-3]
+        # One warp of image and mask stacked (nearest never mixes channels; the fill is per channel): one sampling
+        # grid and one grid_sample instead of two.
+        joint = torch.cat([image, mask.to(image.dtype)], dim=-3)
+        fill = [self.image_fill] * c + [self.mask_fill] * m
+        out = F.affine(joint, **params, interpolation=v2.InterpolationMode.NEAREST, fill=fill)
+        warped_image, warped_mask = out.split([c, m], dim=-3)
+        return warped_image, warped_mask.to(mask.dtype)
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.apply(image, mask, self.params(*image.shape[-2:]))
+
+
 class SegmentationTrainTransform:
     """SPEC 3.3: colour jitter + blur on the image, normalise, then joint flips and a random affine.
 
-    The affine always applies: rotation U(−180°, 180°), translation up to 1/8 of the size, scale U(0.5, 1.5),
-    x-shear U(−22.5°, 22.5°), nearest interpolation; outside pixels are −1.0 in the normalised image (as the study)
-    and 0 in the mask. The mask stays soft (the study's bicubic-resized target for the Dice loss).
+    The affine always applies (:class:`StudyAffine`): rotation U(−180°, 180°), fractional translation up to 1/8 of
+    the size, scale U(0.5, 1.5), x-shear U(−22.5°, 22.5°), nearest interpolation; outside pixels are −1.0 in the
+    normalised image (as the study) and 0 in the mask. The mask stays soft (the study's bicubic-resized target for
+    the Dice loss). Works on CPU and GPU tensors alike; random numbers come from torch's global CPU generator.
     """
 
     def __init__(self) -> None:
         self.photometric = photometric(blur=True)
-        self.geometric = v2.Compose(
-            [
-                v2.RandomHorizontalFlip(0.5),
-                v2.RandomVerticalFlip(0.5),
-                v2.RandomAffine(
-                    degrees=180.0,
-                    translate=(0.125, 0.125),
-                    scale=(0.5, 1.5),
-                    shear=(-22.5, 22.5),
-                    interpolation=v2.InterpolationMode.NEAREST,
-                    fill={tv_tensors.Image: -1.0, tv_tensors.Mask: 0.0},
-                ),
-            ]
-        )
+        self.flips = v2.Compose([v2.RandomHorizontalFlip(0.5), v2.RandomVerticalFlip(0.5)])
+        self.affine = StudyAffine()
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 3×H×W image and float 1×H×W mask in [0, 1] -> normalised image, transformed mask."""
         image = normalize(self.photometric(image))
-        image, mask = self.geometric(tv_tensors.Image(image), tv_tensors.Mask(mask))
-        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+        image, mask = self.flips(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        return self.affine(image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor))
