@@ -3,6 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
+import ssl4gie  # noqa: F401  registers the config resolvers (run-folder weights tag, SLURM tasks); no torch
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:

@@ -10,6 +10,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from ssl4gie.errors import ConfigError
+from ssl4gie.weights_id import InitialWeights, run_weights
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MODES = ("train", "eval", "predict")
@@ -28,7 +29,13 @@ NOT_IDENTITY = (
     "dataset.root",
     "dataset.download",
     "dataset.synthetic",
+    # Where the initial weights are found is not what they are: the fingerprint records their content instead
+    # (``initial_weights``), so a moved or renamed identical file is the same experiment and a replaced one is not.
     "pretraining.checkpoint",
+    "pretraining.files",
+    "pretraining.urls",
+    "pretraining.hub",
+    "pretraining.license",
     "launcher",
 )
 
@@ -62,8 +69,8 @@ def validate(cfg: DictConfig) -> None:
             f"backbone={cfg.backbone.name}; valid pretraining for backbone={cfg.backbone.name}: {', '.join(fitting)}"
         )
     t = cfg.trainer
-    for key in ("epochs", "batch_size", "accum_steps"):
-        if int(t[key]) < 1:
+    for key in ("epochs", "batch_size", "accum_steps", "micro_batch"):
+        if t.get(key, 1) != "auto" and int(t.get(key, 1)) < 1:
             raise ConfigError(f"trainer.{key}={t[key]} must be at least 1")
 
 
@@ -75,12 +82,20 @@ def _drop(container: dict, dotted: str) -> None:
         container.pop(leaf, None)
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    """A short hash of everything that defines the experiment (see NOT_IDENTITY for what does not)."""
+def fingerprint(cfg: DictConfig, weights: InitialWeights | None = None) -> str:
+    """A short hash of everything that defines the experiment (see NOT_IDENTITY for what does not), including the
+    identity of the initial weights: the sha256 of the local file that is loaded, or the timm hub tag.
+
+    ``weights`` is :func:`ssl4gie.weights_id.run_weights` of ``cfg`` (looked up, and raising its errors, when not
+    given). A row without weights (random) adds nothing, so its fingerprint is what it was before weights counted.
+    """
+    weights = run_weights(cfg) if weights is None else weights
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
     for key in NOT_IDENTITY:
         _drop(container, key)
+    if (identity := weights.identity()) is not None:
+        container["initial_weights"] = identity
     return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

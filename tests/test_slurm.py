@@ -44,9 +44,8 @@ def test_smoke_sweep_through_submitit_slurm(tmp_path, slurm):
             "sweep=smoke",
             "hydra/launcher=slurm",
             "hydra.launcher.partition=debug",
-            "hydra.launcher.gpus_per_node=0",
-            "hydra.launcher.tasks_per_node=1",
-            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.gpus_per_node=0",  # a CPU partition: one task per node, tasks_per_node left alone
+            "hydra.launcher.cpus_per_task=1",  # the CI node has 2 cores and ~20 GB
             "hydra.launcher.mem_gb=4",
             "hydra.launcher.timeout_min=20",
             "hydra.launcher.signal_delay_s=30",

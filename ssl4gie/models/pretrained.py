@@ -2,7 +2,8 @@
 self-supervised releases (MoCo v3, Barlow Twins, MAE) read as published by :mod:`ssl4gie.models.checkpoints`.
 
 Where the weights come from, in order: ``pretraining.checkpoint`` (an explicit file), ``paths.weights_dir/<files.
-<backbone>>`` (the documented file name of the row), then timm's hub tag (``hub.<backbone>``) where the row has one.
+<backbone>>`` (the documented file name of the row), then timm's hub tag (``hub.<backbone>``) where the row has one
+(:func:`ssl4gie.weights_id.weights_file`, shared with the run fingerprint and the run-folder tag).
 """
 
 from __future__ import annotations
@@ -15,29 +16,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ssl4gie.errors import ConfigError
-from ssl4gie.models.checkpoints import CheckpointError, LoadReceipt, load_backbone_weights
+from ssl4gie.models.checkpoints import LoadReceipt, load_backbone_weights
+from ssl4gie.weights_id import weights_file  # one lookup for the loader, the fingerprint and the run folder
 
 log = logging.getLogger(__name__)
-
-
-def weights_file(pretraining: DictConfig, backbone: DictConfig, weights_dir: str | Path) -> Path | None:
-    """The local file to load for this row, or None if it should come from the hub."""
-    if pretraining.get("checkpoint"):
-        path = Path(pretraining.checkpoint).expanduser()
-        if not path.is_file():
-            raise CheckpointError(f"pretraining.checkpoint={path} does not exist")
-        return path
-    name = (pretraining.get("files") or {}).get(backbone.name)
-    if name and (Path(weights_dir) / name).is_file():
-        return Path(weights_dir) / name
-    if (pretraining.get("hub") or {}).get(backbone.name):
-        return None
-    where = Path(weights_dir) / name if name else "a file"
-    url = (pretraining.get("urls") or {}).get(backbone.name, "the row's source (README: Pretrained weights)")
-    raise ConfigError(
-        f"pretraining={pretraining.name} needs the weights of backbone={backbone.name}: download {url} "
-        f"to {where} (paths.weights_dir), or pass pretraining.checkpoint=PATH"
-    )
 
 
 def _from_hub(
@@ -78,7 +60,9 @@ def load_pretrained(
     setting); the patch projection is trainable (MoCo v3 pretrained it frozen, the study finetunes it).
     """
     if pretraining.name == "random":
-        log.info("backbone %s: random initialisation (timm defaults)", backbone.name)
+        log.info(
+            "backbone %s: random initialisation (%s)", backbone.name, backbone.get("random_init", "timm")
+        )
         return None
     path = weights_file(pretraining, backbone, weights_dir)
     receipt = None

@@ -1,0 +1,50 @@
+"""ssl4gie's OmegaConf resolvers, registered when the package is imported (``ssl4gie/__init__.py``).
+
+Every process that resolves ``hydra.run.dir``, ``hydra.sweep.subdir`` or ``hydra.launcher`` must have them: the
+driver imports ``ssl4gie`` in ``run.py``; a submitit job process does not run ``run.py``'s top level, but it
+unpickles the Hydra callbacks of conf/config.yaml (``ssl4gie.launcher_checks``, ``ssl4gie.sweep_progress``; pickled
+by reference), which imports the package before Hydra resolves the job's folder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from ssl4gie.weights_id import run_dir_tag
+
+
+def weights_tag(prefix: str = "", *, _root_: Any) -> str:
+    """``${ssl4gie.weights_tag:-w}``: ``-w1a2b3c4d`` (the weights' content tag) for local weights, else ``""``."""
+    tag = run_dir_tag(_root_)
+    return f"{prefix}{tag}" if tag else ""
+
+
+def with_weights(override_dirname: Any, *, _root_: Any) -> str:
+    """``${ssl4gie.with_weights:${hydra.job.override_dirname}}``: the cell's override dirname plus
+    ``weights=<tag>`` for local weights (joined with Hydra's own separators), unchanged otherwise."""
+    dirname = "" if override_dirname is None else str(override_dirname)
+    tag = run_dir_tag(_root_)
+    if not tag:
+        return dirname
+    item_sep = OmegaConf.select(_root_, "hydra.job.config.override_dirname.item_sep", default=",")
+    kv_sep = OmegaConf.select(_root_, "hydra.job.config.override_dirname.kv_sep", default="=")
+    return item_sep.join(part for part in (dirname, f"weights{kv_sep}{tag}") if part)
+
+
+def tasks_per_node(gpus_per_node: Any) -> int:
+    """``${ssl4gie.tasks_per_node:${.gpus_per_node}}``: one process per GPU, and one per node without GPUs.
+
+    Never raises: an unusable ``gpus_per_node`` gives 1 here and is reported by :mod:`ssl4gie.launcher_checks`.
+    """
+    if isinstance(gpus_per_node, int) and not isinstance(gpus_per_node, bool) and gpus_per_node >= 1:
+        return gpus_per_node
+    return 1
+
+
+def register() -> None:
+    """Register the resolvers; idempotent (``replace=True``, so re-imports and reloads are harmless)."""
+    OmegaConf.register_new_resolver("ssl4gie.weights_tag", weights_tag, replace=True)
+    OmegaConf.register_new_resolver("ssl4gie.with_weights", with_weights, replace=True)
+    OmegaConf.register_new_resolver("ssl4gie.tasks_per_node", tasks_per_node, replace=True)
