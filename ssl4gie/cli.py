@@ -22,10 +22,9 @@ from ssl4gie.engine.trainer import Trainer
 from ssl4gie.errors import Ssl4gieError
 from ssl4gie.utils.io import save_dataframe_csv, write_json
 from ssl4gie.utils.seed import seed_everything
+from ssl4gie.weights_id import run_weights
 
 log = logging.getLogger("ssl4gie")
-# Detection options that change the model's structure: a checkpoint must have been trained with the same.
-DETECTOR_KEYS = ("canvas_size", "window_size", "global_blocks", "fpn_channels", "frozen_bn")
 
 
 def _multirun() -> bool:
@@ -87,7 +86,13 @@ def execute(cfg: DictConfig) -> float | None:
     config_checks.validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    fp = config_checks.fingerprint(cfg)
+    # The initial weights are part of the run's identity by content: hashed once, before the completed-run check.
+    weights = run_weights(cfg)
+    fp = config_checks.fingerprint(cfg, weights)
+    if weights.file is not None:
+        log.info("initial weights %s (sha256 %s) -> run folder %s", weights.file, weights.tag, output_dir)
+    elif weights.hub is not None:
+        log.info("initial weights: timm hub '%s' -> run folder %s", weights.hub, output_dir)
     task = config_checks.instantiate_checked(cfg.task, _recursive_=False)
     if cfg.mode == "train" and (done := completed_metrics(output_dir, fp)) is not None:
         log.info(
@@ -116,10 +121,11 @@ def execute(cfg: DictConfig) -> float | None:
         "classes": OmegaConf.to_container(cfg.dataset.classes, resolve=True)
         if "classes" in cfg.dataset
         else None,
+        **task.structure(),  # options that change the model's structure (e.g. the detector's windows)
     }
     trainer = Trainer(cfg.trainer, task, model, output_dir, cfg.seed, fp, model_config, dist_env)
     # Tasks that can augment a batch on the GPU skip it in the loader workers (trainer.gpu_augment).
-    task.augment_on_device = trainer.device.type == "cuda" and bool(cfg.trainer.get("gpu_augment", True))
+    task.augment_on_device = trainer.augment_on_device
     cache_dir = str(Path(cfg.paths.cache_dir) / "decoded") if cfg.cache else None
     progress = bool(cfg.trainer.progress)
 
@@ -133,6 +139,9 @@ def execute(cfg: DictConfig) -> float | None:
         "frozen": bool(cfg.frozen),
         "mode": cfg.mode,
         "fingerprint": fp,
+        "weights_file": None if weights.file is None else str(weights.file),
+        "weights_sha256": weights.sha256,
+        "weights_hub": weights.hub,
         "device": str(trainer.device),
         "world_size": dist_env.world_size,
         "monitor": task.monitor,
@@ -181,6 +190,8 @@ def execute(cfg: DictConfig) -> float | None:
         facts, n_test=len(data["test"]), wall_time_s=round(time.perf_counter() - start, 2), status="complete"
     )
     write_json(output_dir / "metrics.json", metrics)  # last: its presence means the run completed
+    if cfg.mode == "train" and not cfg.trainer.get("keep_last", False):
+        (output_dir / "last.pt").unlink(missing_ok=True)  # the full training state is not needed any more
     for key in sorted(k for k in metrics if k.startswith(("val/", "test/"))):
         log.info("  %-34s %.4f", key, metrics[key])
     log.info("results in %s", output_dir)

@@ -26,6 +26,8 @@ NOT_IDENTITY = (
     "trainer.num_workers",
     "trainer.progress",
     "trainer.num_figures",
+    "trainer.keep_last",
+    "backbone.random_init",  # a description for the log
     "dataset.root",
     "dataset.download",
     "dataset.synthetic",

@@ -36,6 +36,40 @@ FAST = [
     "task.input_size=64",
 ]
 
+# One tiny CPU run of each task on synthetic data in its real layout, written under paths.data_dir (tmp_paths).
+TASK_RUNS = {
+    "segmentation": [
+        "task=segmentation",
+        *SMALL_DECODERS,
+        "dataset.synthetic={n: 12, seed: 0, size_range: [64, 112]}",
+    ],
+    "classification": ["task=classification", "dataset.synthetic={per_class: 3, seed: 0}"],
+    "detection": [
+        "task=detection",
+        "task.fpn_channels=16",
+        "task.rois_per_image=64",
+        "task.min_size=64",
+        "task.max_size=128",
+        "task.canvas_size=128",  # ViT: 8×8 tokens in 4×4 windows, block 3 global (the tiny ViT has 4 blocks)
+        "task.window_size=4",
+        "task.global_blocks=[3]",
+        "dataset.synthetic={n: 12, seed: 0, size_range: [48, 128]}",
+    ],
+    "depth": [
+        "task=depth",
+        "task.decoder.vit.head.reassemble_channels=[8,8,16,16]",
+        "task.decoder.vit.head.features=16",
+        "task.decoder.resnet.head.head_channels=[8,8]",
+        "dataset.synthetic={seed: 0, size: [40, 32]}",
+    ],
+}
+
+
+def task_overrides(task: str, paths: list[str], *extra: str) -> list[str]:
+    """A one-epoch tiny run of ``task`` with every path in ``paths`` (the ``tmp_paths`` fixture)."""
+    fast = [o for o in FAST if task != "detection" or not o.startswith("task.input_size")]
+    return [*TASK_RUNS[task], *TINY, *fast, *paths, *extra]
+
 
 def compose_config(overrides: list[str], output_dir: Path | None = None, hydra: bool = False) -> DictConfig:
     """The real config with ``overrides``; ``paths.output_dir`` set since no Hydra run is active."""

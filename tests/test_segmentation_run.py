@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 from conftest import compose_config, run_cli, segmentation_overrides
 from PIL import Image
 
@@ -49,7 +50,12 @@ def test_train_eval_predict(tmp_path, kvasir_tiny, backbone):
         f"{'RN' if backbone == 'resnet50' else 'VT'}-NA-NA",
         1,
     )
-    assert {"best.pt", "last.pt", "per_image_test.csv", "history.csv"} <= {p.name for p in run.iterdir()}
+    files = {p.name for p in run.iterdir()}
+    assert {"best.pt", "per_image_test.csv", "history.csv"} <= files
+    assert "last.pt" not in files  # removed once the run completed (trainer.keep_last=false)
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert {"model", "model_config", "best_epoch", "history"} <= set(best)  # what eval/predict need...
+    assert not {"optimizer", "scheduler", "scaler", "rng"} & set(best)  # ...and no training state
     per_image = pd.read_csv(run / "per_image_test.csv")
     assert list(per_image.columns) == ["name", "dice", "iou", "precision", "recall"] and len(per_image) == 1
     assert per_image["dice"].mean() == pytest.approx(metrics["test/dice"])
@@ -135,8 +141,9 @@ def test_resume_continues_from_last_epoch_and_matches_an_uninterrupted_run(
 
 
 def test_completed_run_is_not_redone_and_a_changed_config_is_not_resumed(tmp_path, kvasir_tiny, caplog):
-    overrides = segmentation_overrides(kvasir_tiny, tmp_path)
+    overrides = segmentation_overrides(kvasir_tiny, tmp_path, "trainer.keep_last=true")
     execute(compose_config(overrides, tmp_path / "run"))
+    assert {"optimizer", "rng"} <= set(torch.load(tmp_path / "run" / "last.pt", weights_only=True))
     stamp = (tmp_path / "run" / "metrics.json").stat().st_mtime_ns
     with caplog.at_level("INFO"):
         execute(compose_config(overrides, tmp_path / "run"))

@@ -89,3 +89,21 @@ def mean_over_ranks(value: float, env: DistEnv, device: torch.device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return float(tensor.item()) / env.world_size
+
+
+def max_over_ranks(value: int, env: DistEnv, device: torch.device) -> int:
+    """The largest ``value`` of any rank, on every rank (e.g. a stop signal that only some ranks received)."""
+    if not env.enabled:
+        return int(value)
+    tensor = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def gather_objects(obj, env: DistEnv) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (picklable objects, e.g. RNG states)."""
+    if not env.enabled:
+        return [obj]
+    out: list = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,9 +1,11 @@
 """The training engine: one loop for every task. It only needs ``task.training_step(...)["loss"]``,
-``task.predict`` and ``task.evaluator``.
+``task.predict`` and ``task.evaluator`` (and, optionally, ``task.augment_batch`` for augmentation on the device).
 
 Distributed data parallel when the environment describes a process group (SLURM job or torchrun): the effective
-batch size stays ``trainer.batch_size`` (micro-batch = batch_size / (accum_steps · world size)), validation runs on
-rank 0 and its monitored value is broadcast, and only rank 0 writes checkpoints.
+batch size stays ``trainer.batch_size`` (micro-batch = batch_size / (accum_steps · world size), accum_steps chosen
+from the task's ``trainer.micro_batch`` ceiling), validation runs on rank 0 and its monitored value is broadcast, a
+stop signal is agreed on by all ranks at a step boundary, and only rank 0 writes checkpoints (with every rank's RNG
+state). Evaluation runs in fp32 whatever the training precision (``trainer.eval_precision``).
 """
 
 from __future__ import annotations
@@ -27,11 +29,18 @@ from ssl4gie.data.collate import collate
 from ssl4gie.data.sampler import EpochSampler
 from ssl4gie.engine import distributed
 from ssl4gie.engine.checkpoint import read_run_checkpoint
-from ssl4gie.engine.device import resolve_device, resolve_precision, resolve_workers
+from ssl4gie.engine.device import (
+    resolve_accumulation,
+    resolve_device,
+    resolve_eval_precision,
+    resolve_precision,
+    resolve_switch,
+    resolve_workers,
+)
 from ssl4gie.errors import ConfigError, Ssl4gieError
 from ssl4gie.tasks.base import Task
 from ssl4gie.utils.io import save_torch
-from ssl4gie.utils.seed import rng_state, seed_worker, set_rng_state
+from ssl4gie.utils.seed import rng_state, seed_everything, seed_worker, set_rng_state
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SLURM preemption / submitit's timeout warning
@@ -50,6 +59,16 @@ def to_device(value: Any, device: torch.device) -> Any:
 
 def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _has_trainable_batchnorm(model: nn.Module) -> bool:
+    """BatchNorm whose batch statistics shape training (FrozenBatchNorm and frozen encoders excluded)."""
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and m.track_running_stats
+        and any(p.requires_grad for p in m.parameters(recurse=False))
+        for m in model.modules()
+    )
 
 
 class Trainer:
@@ -78,17 +97,37 @@ class Trainer:
             device = torch.device("cuda", self.dist.local_rank)
         self.device = device
         self.dtype = resolve_precision(cfg.precision, self.device)
+        self.eval_dtype = resolve_eval_precision(cfg.get("eval_precision", "fp32"), self.dtype)
         self.num_workers = resolve_workers(cfg.num_workers)
-        per_step = cfg.accum_steps * self.dist.world_size
-        if cfg.batch_size % per_step:
-            raise ConfigError(
-                f"trainer.batch_size={cfg.batch_size} must be divisible by trainer.accum_steps="
-                f"{cfg.accum_steps} × {self.dist.world_size} processes"
+        self.accum_steps, self.micro_batch = resolve_accumulation(
+            int(cfg.batch_size), cfg.accum_steps, cfg.get("micro_batch", cfg.batch_size), self.dist.world_size
+        )
+        self.eval_batch = int(cfg.get("eval_batch_size") or self.micro_batch)
+        sync_bn = self.dist.enabled and self.device.type == "cuda" and _has_batchnorm(model)
+        if self.accum_steps > 1 or self.dist.world_size > 1:
+            log.info(
+                "batch %d = %d per process × %d accumulation steps × %d processes",
+                cfg.batch_size,
+                self.micro_batch,
+                self.accum_steps,
+                self.dist.world_size,
             )
-        self.micro_batch = cfg.batch_size // per_step
+        bn_batch = self.micro_batch * (self.dist.world_size if sync_bn else 1)
+        if self.dist.is_main and bn_batch < cfg.batch_size and _has_trainable_batchnorm(model):
+            log.warning(
+                "BatchNorm normalises over %d images per forward pass, not the study's %d (micro-batch %d%s; "
+                "accumulation keeps the effective batch for the gradients, not for BatchNorm statistics): results "
+                "can differ from the study's. Raise trainer.micro_batch if memory allows%s",
+                bn_batch,
+                cfg.batch_size,
+                self.micro_batch,
+                f" × {self.dist.world_size} GPUs with SyncBatchNorm" if sync_bn else "",
+                "" if sync_bn or not self.dist.enabled else " (SyncBatchNorm needs GPUs)",
+            )
 
-        self.channels_last = self.device.type == "cuda" and cfg.get("channels_last", True)
-        if self.dist.enabled and self.device.type == "cuda" and _has_batchnorm(model):
+        self.channels_last = resolve_switch(cfg.get("channels_last", "auto"), "channels_last", self.device)
+        self.augment_on_device = resolve_switch(cfg.get("gpu_augment", "auto"), "gpu_augment", self.device)
+        if sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the study's SyncBN (needs GPUs)
         model = model.to(self.device)
         if self.channels_last:
@@ -100,11 +139,10 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         if cfg.get("compile", False):
-            self.train_model = torch.compile(self.train_model)
+            self.train_model = torch.compile(self.train_model, backend=cfg.get("compile_backend", "inductor"))
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=self.device.type == "cuda"
-        )
+        fused = resolve_switch(cfg.get("fused_optimizer", "auto"), "fused_optimizer", self.device)
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer,
             mode=task.monitor_mode,
@@ -121,6 +159,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------------- data
     def loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        """Training: this rank's shuffled share in micro-batches. Evaluation: in order, ``trainer.eval_batch_size``
+        (default: the micro-batch; detection evaluates one image at a time, as the study)."""
         sampler = None
         if train:
             sampler = EpochSampler(
@@ -134,7 +174,7 @@ class Trainer:
         workers = self.num_workers
         return DataLoader(
             dataset,
-            batch_size=self.micro_batch,
+            batch_size=self.micro_batch if train else self.eval_batch,
             sampler=sampler,
             shuffle=False,
             num_workers=workers,
@@ -146,40 +186,72 @@ class Trainer:
             persistent_workers=False,
         )
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+    def autocast(self, dtype: torch.dtype | None = None):
+        dtype = self.dtype if dtype is None else dtype
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
-    def _prepare(self, batch: dict) -> dict:
+    def _prepare(self, batch: dict, train: bool = False) -> dict:
+        """Move ``batch`` to the device; in training, let the task augment it there (outside autocast: sampling
+        grids and colour operations in fp32, whatever ``trainer.precision``); then channels_last if enabled."""
         batch = to_device(batch, self.device)
+        if train:
+            with torch.autocast(self.device.type, enabled=False):
+                batch = self.task.augment_batch(batch)
         if self.channels_last and isinstance(batch.get("image"), torch.Tensor) and batch["image"].ndim == 4:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         return batch
 
     # --------------------------------------------------------------------------------------------- checkpoints
-    def state(self) -> dict:
+    def weights_state(self) -> dict:
+        """What ``best.pt`` holds: the weights and what eval/predict need, no optimiser/scheduler/scaler/RNG."""
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
             "best": self.best,
             "best_epoch": self.best_epoch,
             "history": self.history,
-            "rng": rng_state(),
             "fingerprint": self.fingerprint,
             "model_config": self.model_config,
             "task_state": self.task.extra_state(),
         }
 
-    def save(self, *names: str) -> None:
-        """Rank 0 writes the state under each name (atomically); everyone waits for it."""
+    def state(self, rng: list[dict] | None = None) -> dict:
+        """What ``last.pt`` holds: everything to resume, including one RNG state per rank (``rng``)."""
+        return {
+            **self.weights_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step_in_epoch": self.step_in_epoch,
+            "rng": rng if rng is not None else [rng_state()],
+        }
+
+    def save(self, last: bool = True, best: bool = False) -> None:
+        """Rank 0 writes ``best.pt`` (weights only) and/or ``last.pt`` (full state), atomically; every rank takes
+        part (its RNG state goes into ``last.pt``) and waits for the files."""
+        rng = distributed.gather_objects(rng_state(), self.dist) if last else None
         if self.dist.is_main:
-            state = self.state()
-            for name in names:
-                save_torch(self.output_dir / name, state)
+            if best:  # first: a last.pt on disk always has its best.pt
+                save_torch(self.output_dir / "best.pt", self.weights_state())
+            if last:
+                save_torch(self.output_dir / "last.pt", self.state(rng))
         distributed.barrier(self.dist)
+
+    def _restore_rng(self, saved: list[dict] | dict) -> None:
+        """This rank's generators as saved; re-seeded from (seed, rank, epoch) if the world size changed."""
+        saved = [saved] if isinstance(saved, dict) else list(saved)
+        if len(saved) == self.dist.world_size:
+            set_rng_state(saved[self.dist.rank])
+            if self.dist.enabled:
+                log.info("restored the RNG state of each of %d ranks", len(saved))
+            return
+        seed_everything((self.seed * 100_003 + self.epoch) * 4096 + self.dist.rank)
+        log.warning(
+            "last.pt holds the RNG states of %d process(es) but this run has %d: generators re-seeded from "
+            "(seed, epoch, rank); the run continues, but not bit-identically to an uninterrupted one",
+            len(saved),
+            self.dist.world_size,
+        )
 
     def resume(self) -> bool:
         """Continue from ``last.pt`` in the run folder, if there is one. Returns whether it resumed."""
@@ -199,7 +271,7 @@ class Trainer:
         self.epoch, self.best, self.best_epoch = ckpt["epoch"], ckpt["best"], ckpt["best_epoch"]
         self.step_in_epoch = ckpt.get("step_in_epoch", 0)
         self.history = list(ckpt["history"])
-        set_rng_state(ckpt["rng"])
+        self._restore_rng(ckpt["rng"])
         where = f"epoch {self.epoch}/{self.cfg.epochs}"
         if self.step_in_epoch:
             where = f"step {self.step_in_epoch} of epoch {self.epoch + 1}/{self.cfg.epochs}"
@@ -217,16 +289,27 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signum  # acted on at the next step boundary, where the state is consistent
 
-    def _stop_now(self) -> None:
+    def _agreed_stop_signal(self) -> int:
+        """The stop signal any rank has received (0: none), the same on every rank.
+
+        Ranks receive a signal at different moments (or only some of them do); each acting on its own flag would
+        leave the others waiting in the next all-reduce. One tiny all-reduce per optimiser step makes every rank
+        save and exit at the same step.
+        """
+        return distributed.max_over_ranks(self.stop_signal or 0, self.dist, self.device)
+
+    def _stop_now(self, signum: int) -> None:
         """Save a mid-epoch ``last.pt``, then let the previous handler (e.g. submitit's requeue) take the signal."""
-        signum = self.stop_signal
         log.warning(
-            "received %s: saving last.pt at step %d of epoch %d",
+            "received %s%s: saving last.pt at step %d of epoch %d",
             signal.Signals(signum).name,
+            "" if self.stop_signal == signum else " (on another rank)",
             self.step_in_epoch,
             self.epoch + 1,
         )
-        self.save("last.pt")
+        self.save(last=True)
+        if self.stop_signal != signum:  # this rank got no signal itself: stop with the others
+            raise SystemExit(128 + signum)
         previous = self._previous_handlers.get(signum, signal.SIG_DFL)
         signal.signal(signum, previous)
         if callable(previous):
@@ -240,7 +323,7 @@ class Trainer:
         """Train until ``trainer.epochs``, validating every epoch; resumes automatically from ``last.pt``."""
         self.resume()
         train_loader = self.loader(train_set, train=True)
-        if len(train_loader) < self.cfg.accum_steps:
+        if len(train_loader) < self.accum_steps:
             raise ConfigError(
                 f"the train split has {len(train_set)} samples: too few for trainer.batch_size="
                 f"{self.cfg.batch_size}"
@@ -255,7 +338,8 @@ class Trainer:
 
     def _run_epoch(self, train_loader: DataLoader, val_set: Dataset) -> None:
         epoch = self.epoch + 1
-        self.generator.manual_seed(self.seed * 100_003 + epoch)  # worker seeds: same after a resume
+        # Worker seeds: the same after a resume, different on each rank (ranks must not augment alike).
+        self.generator.manual_seed((self.seed * 100_003 + epoch) * 4096 + self.dist.rank)
         train_loader.sampler.set_epoch(epoch, skip=self.step_in_epoch * self.micro_batch)
         start = time.perf_counter()
         train_stats = self.train_epoch(train_loader, epoch)
@@ -281,9 +365,7 @@ class Trainer:
                 "epoch_time_s": time.perf_counter() - start,
             }
         )
-        self.save(
-            *(("best.pt", "last.pt") if improved else ("last.pt",))
-        )  # best first: last always has a best
+        self.save(last=True, best=improved)
         log.info(
             "epoch %d/%d  train/loss %.4f  %s %.4f%s  lr %.1e  data wait %.0f%%  (%.1f s)",
             self.epoch,
@@ -299,7 +381,7 @@ class Trainer:
 
     def train_epoch(self, loader: DataLoader, epoch: int) -> dict[str, float]:
         self.train_model.train()
-        accum = self.cfg.accum_steps
+        accum = self.accum_steps
         total, count, data_time = 0.0, 0, 0.0
         self.optimizer.zero_grad(set_to_none=True)
         start = tick = time.perf_counter()
@@ -311,7 +393,7 @@ class Trainer:
         )
         for batch in bar:
             data_time += time.perf_counter() - tick
-            batch = self._prepare(batch)
+            batch = self._prepare(batch, train=True)
             with self.autocast():
                 out = self.task.training_step(self.train_model, batch)
             loss = out["loss"]
@@ -327,8 +409,8 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step_in_epoch += accum
-                if self.stop_signal is not None:
-                    self._stop_now()
+                if signum := self._agreed_stop_signal():
+                    self._stop_now(signum)
             total += loss.item()
             bar.set_postfix(loss=f"{total / count:.4f}")
             tick = time.perf_counter()
@@ -343,7 +425,8 @@ class Trainer:
     ) -> tuple[dict[str, float], list[dict], list[dict]]:
         """Metrics of ``split`` as ``{"<split>/<metric>": value}``, per-image rows, and ``keep`` items to draw.
 
-        Runs on the bare model in this process (rank 0 under DDP)."""
+        Runs on the bare model in this process (rank 0 under DDP), in ``trainer.eval_precision`` (fp32 by
+        default, as the study), one ``trainer.eval_batch_size`` batch at a time."""
         self.model.eval()
         evaluator = self.task.evaluator(keep=keep, save_dir=save_dir)
         for batch in tqdm(
@@ -353,7 +436,7 @@ class Trainer:
             disable=None if self.cfg.progress else True,
         ):
             batch = self._prepare(batch)
-            with self.autocast():
+            with self.autocast(self.eval_dtype):
                 outputs = self.task.predict(self.model, batch)
             evaluator.process(batch, outputs)
         metrics, rows = evaluator.compute()

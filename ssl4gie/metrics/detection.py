@@ -39,7 +39,11 @@ class DetectionMetricAccumulator:
 
     def __init__(self, score_threshold: float = 0.5) -> None:
         self.score_threshold = float(score_threshold)
-        self._map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+        # sync_on_compute=False: the split is evaluated by one process (rank 0 under DDP); torchmetrics would
+        # otherwise wait in compute() for the other ranks to gather their (absent) states, forever.
+        self._map = MeanAveragePrecision(
+            box_format="xyxy", iou_type="bbox", backend="pycocotools", sync_on_compute=False
+        )
         self._rows: list[dict[str, float | str]] = []
 
     def reset(self) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import timm
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 def create_backbone(cfg: DictConfig, input_size: int, **extra) -> nn.Module:
@@ -68,6 +71,33 @@ class BackboneModel(nn.Module):
     def encoder_grad(self):
         """Context for the encoder's forward: no autograd graph when it is frozen."""
         return torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen)
+
+    def freeze_unused(self, example: torch.Tensor) -> list[str]:
+        """Make the parameters that the forward pass never uses non-trainable; return their names.
+
+        A dense decoder reads un-normalised intermediates, so e.g. a ViT's final ``norm`` gets no gradient.
+        DistributedDataParallel requires a gradient for every trainable parameter in every step (else "Expected to
+        have finished reduction in the prior iteration"); marking the unused ones non-trainable keeps their keys in
+        the state dict (pretrained and study checkpoints still load) without paying ``find_unused_parameters``
+        on every step. Found by one forward/backward of ``example`` in eval mode (no statistics change).
+        """
+        was_training = self.training
+        self.eval()
+        with torch.enable_grad():
+            self(example).float().sum().backward()
+        unused = [n for n, p in self.named_parameters() if p.requires_grad and p.grad is None]
+        for name, p in self.named_parameters():
+            p.grad = None
+            if name in unused:
+                p.requires_grad_(False)
+        self.train(was_training)
+        if unused:
+            log.info(
+                "%d parameter tensor(s) the model never uses are not trained: %s",
+                len(unused),
+                ", ".join(unused),
+            )
+        return unused
 
 
 class EncoderDecoder(BackboneModel):

@@ -48,6 +48,12 @@ class Task(ABC):
     ) -> dict[str, Dataset]:
         """torch Datasets of the requested splits ("train" gets training augmentation)."""
 
+    def augment_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Training augmentation of a batch already on the device (``trainer.gpu_augment``); identity by default.
+
+        The engine calls it outside autocast, so sampling grids and colour operations run in fp32."""
+        return batch
+
     @abstractmethod
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Forward + loss (in fp32); the dict must hold ``"loss"``."""
@@ -62,6 +68,11 @@ class Task(ABC):
     @abstractmethod
     def draw(self, kept: list[dict], folder: Path) -> list[Path]:
         """Write figures of retained evaluation items into ``folder``; return their paths."""
+
+    def structure(self) -> dict:
+        """Options (after :meth:`build_model`) that change the model's structure beyond backbone and decoder
+        config: a checkpoint is only loaded into a model built with the same (checked in eval/predict mode)."""
+        return {}
 
     def extra_state(self) -> dict:
         """Anything besides the weights that eval/predict need from a checkpoint (e.g. class names)."""

@@ -153,16 +153,15 @@ class ClassificationTask(Task):
             raise RuntimeError(
                 "ClassificationTask.build_datasets(reader, ['train', ...]) must run before training"
             )
-        images = batch["image"]
-        if images.dtype == torch.uint8:  # un-augmented samples (augment_on_device): augment each one here
-            memory_format = (
-                torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else None
-            )
-            images = torch.stack([self.device_transform(image) for image in images])
-            if memory_format is not None:
-                images = images.contiguous(memory_format=memory_format)
-        logits = model(images)
+        logits = model(batch["image"])
         return {"loss": weighted_cross_entropy(logits, batch["target"], self.weights)}
+
+    def augment_batch(self, batch):
+        """Un-augmented uint8 samples (``augment_on_device``): the training augmentation, per sample, on the
+        batch's device."""
+        if batch["image"].dtype != torch.uint8:
+            return batch
+        return {**batch, "image": torch.stack([self.device_transform(image) for image in batch["image"]])}
 
     def predict(self, model, batch):
         return model(batch["image"]).float()

@@ -81,18 +81,23 @@ class DepthTask(Task):
             for s in splits
         }  # fmt: skip
 
+    def augment_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Un-augmented uint8 samples (``augment_on_device``): the training augmentation, per sample, on the
+        batch's device."""
+        if batch["image"].dtype != torch.uint8:
+            return batch
+        pairs = [self.device_transform(i, t) for i, t in zip(batch["image"], batch["target"], strict=True)]
+        return {
+            **batch,
+            "image": torch.stack([p[0] for p in pairs]),
+            "target": torch.stack([p[1] for p in pairs]),
+        }
+
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        images, targets = batch["image"], batch["target"]
-        if images.dtype == torch.uint8:  # un-augmented samples (augment_on_device): augment each one here
-            pairs = [self.device_transform(i, t) for i, t in zip(images, targets, strict=True)]
-            memory_format = (
-                torch.channels_last if images.is_contiguous(memory_format=torch.channels_last)
-                else torch.contiguous_format
-            )  # fmt: skip
-            images = torch.stack([p[0] for p in pairs]).contiguous(memory_format=memory_format)
-            targets = torch.stack([p[1] for p in pairs])
-        pred = model(images)
-        return {"loss": ssi_loss(pred.float(), targets.float(), None, self.ssi_alpha, self.ssi_scales)}
+        pred = model(batch["image"])
+        return {
+            "loss": ssi_loss(pred.float(), batch["target"].float(), None, self.ssi_alpha, self.ssi_scales)
+        }
 
     def predict(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         return model(batch["image"]).float()

@@ -18,7 +18,7 @@ from ssl4gie.data.readers import open_image
 from ssl4gie.errors import ConfigError
 from ssl4gie.metrics.detection import DetectionMetricAccumulator
 from ssl4gie.models.backbone import create_backbone
-from ssl4gie.models.detection import resnet_fpn_detector, vit_detector
+from ssl4gie.models.detection import global_attention_blocks, resnet_fpn_detector, vit_detector
 from ssl4gie.models.pretrained import load_pretrained
 from ssl4gie.tasks.base import Evaluator, Task
 from ssl4gie.utils.io import write_json
@@ -101,8 +101,10 @@ class DetectionTask(Task):
             "rois_per_image": int(rois_per_image),
         }
         self.figure_threshold = float(score_threshold_figures)
-        # Set by build_model: canvas_size for ViTs, None (images at native size) for ResNets.
+        # Set by build_model: canvas_size for ViTs, None (images at native size) for ResNets; the structural
+        # options of the detector built (checked against a checkpoint's in eval/predict mode).
         self.canvas: int | None = None
+        self._structure: dict = {}
 
     # ------------------------------------------------------------------------------------------------ model
     def build_model(
@@ -122,12 +124,20 @@ class DetectionTask(Task):
 
     def _resnet(self, encoder: nn.Module, pretraining: DictConfig, frozen: bool) -> nn.Module:
         frozen_bn = resolve_frozen_bn(self.frozen_bn, pretraining.name)
+        if frozen_bn and pretraining.name == "random":
+            log.warning(
+                "task.frozen_bn=true with pretraining=random: FrozenBatchNorm keeps the random-init statistics "
+                "(mean 0, variance 1, weight 1, bias 0), so the detector trains without normalisation, as the "
+                "study's random-init detector did (SPEC 11.19); residual branches stay active (torchvision's "
+                "initialisation). task.frozen_bn=auto gives it trainable BatchNorm"
+            )
         log.info(
             "ResNet detector: %s BatchNorm (task.frozen_bn=%s)",
             "frozen" if frozen_bn or frozen else "trainable",
             self.frozen_bn,
         )
         self.canvas = None
+        self._structure = {"fpn_channels": self.fpn_channels, "frozen_bn": bool(frozen_bn or frozen)}
         return resnet_fpn_detector(
             encoder,
             frozen=frozen,
@@ -140,6 +150,15 @@ class DetectionTask(Task):
 
     def _vit(self, encoder: nn.Module, pretraining: DictConfig, frozen: bool) -> nn.Module:
         self.canvas = self.canvas_size
+        depth = len(encoder.blocks)
+        self._structure = {
+            "canvas_size": self.canvas_size,
+            "window_size": self.window_size,
+            "global_blocks": global_attention_blocks(depth)
+            if self.global_blocks is None
+            else sorted(self.global_blocks),
+            "fpn_channels": self.fpn_channels,
+        }
         return vit_detector(
             encoder,
             canvas_size=self.canvas_size,
@@ -149,6 +168,9 @@ class DetectionTask(Task):
             fpn_channels=self.fpn_channels,
             **self.head,
         )
+
+    def structure(self) -> dict:
+        return {"detector": dict(self._structure)}
 
     # ------------------------------------------------------------------------------------------------- data
     def build_datasets(

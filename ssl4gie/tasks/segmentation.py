@@ -21,6 +21,7 @@ from ssl4gie.errors import ConfigError
 from ssl4gie.losses import soft_dice_loss
 from ssl4gie.metrics.segmentation import SegmentationMetricAccumulator, binary_metrics
 from ssl4gie.models.backbone import EncoderDecoder, create_backbone, evenly_spaced_indices, feature_channels
+from ssl4gie.models.dilation import dilate_like_smp
 from ssl4gie.models.pretrained import load_pretrained
 from ssl4gie.tasks.base import Evaluator, Task
 from ssl4gie.utils.io import atomic_path
@@ -38,7 +39,11 @@ def build_dense_model(
     frozen: bool,
     weights_dir: str,
 ) -> EncoderDecoder:
-    """Encoder from timm + the task's decoder for the backbone's family, built from the encoder's feature shapes."""
+    """Encoder from timm + the task's decoder for the backbone's family, built from the encoder's feature shapes.
+
+    The family's decoder spec may name encoder stages to dilate as smp 0.3.2 does (``encoder_dilation``, e.g.
+    ``{layer4: 2}``: every conv of layer4 at stride 1, dilation 2), applied before the features are measured.
+    """
     if backbone.family not in decoders:
         raise ConfigError(
             f"task={task} has no decoder for backbone family '{backbone.family}' "
@@ -47,17 +52,15 @@ def build_dense_model(
     spec = decoders[backbone.family]
     extra = dict(spec.get("backbone_kwargs") or {})
     encoder = create_backbone(backbone, input_size, **extra)
+    if spec.get("encoder_dilation"):
+        dilate_like_smp(encoder, spec.encoder_dilation)
     load_pretrained(encoder, pretraining, backbone, weights_dir, input_size)
     indices = list(spec.indices) if spec.get("indices") is not None else evenly_spaced_indices(encoder)
     channels = feature_channels(encoder, indices, input_size)
     decoder = instantiate(spec.head, in_channels=channels)
-    return EncoderDecoder(encoder, decoder, indices, frozen=frozen)
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    return (
-        torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    )
+    model = EncoderDecoder(encoder, decoder, indices, frozen=frozen)
+    model.freeze_unused(torch.zeros(1, 3, input_size, input_size))  # e.g. a ViT's final norm (DDP needs this)
+    return model
 
 
 class SegmentationTask(Task):
@@ -96,16 +99,18 @@ class SegmentationTask(Task):
             for s in splits
         }
 
+    def augment_batch(self, batch):
+        """Un-augmented uint8 samples (``augment_on_device``): the training augmentation, per sample, on the
+        batch's device."""
+        if batch["image"].dtype != torch.uint8:
+            return batch
+        pairs = [self.device_transform(i, t) for i, t in zip(batch["image"], batch["target"], strict=True)]
+        images, targets = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        return {**batch, "image": images, "target": targets}
+
     def training_step(self, model, batch):
-        images, targets = batch["image"], batch["target"]
-        if images.dtype == torch.uint8:  # un-augmented samples: augment each one here, on the batch's device
-            pairs = [self.device_transform(i, t) for i, t in zip(images, targets, strict=True)]
-            images = torch.stack([p[0] for p in pairs]).contiguous(
-                memory_format=_memory_format(batch["image"])
-            )
-            targets = torch.stack([p[1] for p in pairs])
-        logits = model(images)
-        return {"loss": soft_dice_loss(logits.float(), targets.float())}
+        logits = model(batch["image"])
+        return {"loss": soft_dice_loss(logits.float(), batch["target"].float())}
 
     def predict(self, model, batch):
         return model(batch["image"]).float()

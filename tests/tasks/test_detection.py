@@ -173,3 +173,50 @@ def test_pretrained_rows_load_into_the_detectors(backbone, family, pretraining, 
         assert not encoder.pos_embed.requires_grad  # MAE's sin-cos table stays frozen
         weight = "blocks.0.attn.qkv.weight"
     assert torch.equal(encoder.state_dict()[weight], source[weight])
+
+
+@pytest.mark.parametrize(
+    "backbone, change, option",
+    [
+        ("vit_b", "task.window_size=2", "window_size"),
+        ("vit_b", "task.global_blocks=[1,3]", "global_blocks"),
+        ("vit_b", "task.canvas_size=64", "canvas_size"),
+        ("resnet50", "task.frozen_bn=true", "frozen_bn"),
+        ("resnet50", "task.fpn_channels=8", "fpn_channels"),
+    ],
+)
+def test_eval_refuses_a_checkpoint_of_another_detector_structure(
+    backbone, change, option, tmp_paths, tmp_path
+):
+    execute(_config(backbone, tmp_paths, tmp_path / "train"))
+    ckpt = f"ckpt={tmp_path / 'train' / 'best.pt'}"
+    with pytest.raises(ConfigError, match=f"does not match the config: detector=.*'{option}'"):
+        execute(_config(backbone, tmp_paths, tmp_path / "eval", "mode=eval", ckpt, change))
+
+
+@pytest.mark.parametrize("backbone", sorted(PER_BACKBONE))
+def test_metrics_do_not_depend_on_the_training_batch_size(backbone, tmp_paths, tmp_path):
+    """Evaluation goes one image at a time (trainer.eval_batch_size=1, as the study): a batched ResNet input is
+    padded to the largest image of the batch, which would make each image's detections depend on its neighbours."""
+    execute(_config(backbone, tmp_paths, tmp_path / "train"))
+    ckpt = f"ckpt={tmp_path / 'train' / 'best.pt'}"
+    rows = []
+    for batch_size in (1, 2):
+        out = tmp_path / f"eval{batch_size}"
+        execute(_config(backbone, tmp_paths, out, "mode=eval", ckpt, f"trainer.batch_size={batch_size}"))
+        rows.append(json.loads((out / "metrics.json").read_text()))
+    for key in MAP_KEYS:
+        assert rows[0][key] == rows[1][key], key
+
+
+def test_frozen_batchnorm_on_a_random_init_detector_is_explained(tmp_path, caplog):
+    cfg = compose_config(["task=detection", *TINY, "task.frozen_bn=true", *PER_BACKBONE["resnet50"]])
+    task = DetectionTask(**{k: v for k, v in cfg.task.items() if k != "_target_"})
+    with caplog.at_level("WARNING"):
+        model = task.build_model(cfg.backbone, cfg.pretraining, False, str(tmp_path))
+    assert "trains without normalisation, as the study's random-init detector" in caplog.text
+    body = model.backbone.body
+    # torchvision's initialisation: the last BatchNorm of every block is 1, so residual branches are on
+    assert all(
+        torch.all(block.bn3.weight == 1) for layer in ("layer1", "layer4") for block in getattr(body, layer)
+    )
