@@ -16,6 +16,9 @@ set) and reuses it. Results go to a JSON file (``--out``) and a table on stdout:
 
     python -m ssl4gie.bench                       # segmentation, ResNet-50, 224², batch 8, CPU or GPU
     python -m ssl4gie.bench --backbone vit_b --device cuda --compile --batch-size 48 --steps 50
+
+The study's eight task × backbone cases on a GPU (peak memory, MFU, loader images/s per worker, CPU cores per GPU)
+are :mod:`ssl4gie.bench_gpu`.
 """
 
 from __future__ import annotations
@@ -359,7 +362,7 @@ def run(args: argparse.Namespace) -> dict:
         model = task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
         trainer = Trainer(cfg.trainer, task, model, scratch / "output", cfg.seed, "bench", {})
         # as ssl4gie.cli does: tasks that can augment on the GPU leave it out of the loader workers there
-        task.augment_on_device = trainer.device.type == "cuda" and bool(cfg.trainer.get("gpu_augment", True))
+        task.augment_on_device = trainer.augment_on_device
         machine = machine_info(trainer.device)
 
         log.info("building the decoded-sample cache (timed; a run builds it once per dataset)")

@@ -5,7 +5,7 @@ from the task's micro-batch ceiling; lean checkpoints. Each is checked against t
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
+from types import MethodType, SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -208,7 +208,10 @@ def test_keep_last_keeps_the_full_state(kvasir_tiny, tmp_path):
 
 
 def _fake_trainer(rank: int, world: int) -> SimpleNamespace:
-    return SimpleNamespace(dist=DistEnv(rank, world, rank), seed=42, epoch=3)
+    """What Trainer._restore_rng reads of a trainer of ``rank`` in a run of ``world`` processes."""
+    fake = SimpleNamespace(dist=DistEnv(rank, world, rank), seed=42, epoch=3)
+    fake._rank_seed = MethodType(Trainer._rank_seed, fake)
+    return fake
 
 
 def test_each_rank_restores_its_own_rng_state():

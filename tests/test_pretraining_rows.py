@@ -142,7 +142,7 @@ def test_frozen_backbone_stays_bit_identical(tmp_path, kvasir_tiny):
     torch.manual_seed(cfg.seed)
     before = task.build_model(cfg.backbone, cfg.pretraining, True, cfg.paths.weights_dir).encoder.state_dict()
     execute(cfg)
-    after = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    after = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
     for key, value in before.items():
         assert torch.equal(after[f"encoder.{key}"], value), key  # weights and BN statistics unchanged
     decoder_before = task.build_model(cfg.backbone, cfg.pretraining, True, cfg.paths.weights_dir)

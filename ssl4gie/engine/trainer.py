@@ -237,6 +237,10 @@ class Trainer:
                 save_torch(self.output_dir / "last.pt", self.state(rng))
         distributed.barrier(self.dist)
 
+    def _rank_seed(self, epoch: int) -> int:
+        """A seed of (seed, epoch, rank): the same after a resume, different for every epoch and rank."""
+        return ((self.seed * 100_003 + epoch) * 4096 + self.dist.rank) % 2**63
+
     def _restore_rng(self, saved: list[dict] | dict) -> None:
         """This rank's generators as saved; re-seeded from (seed, rank, epoch) if the world size changed."""
         saved = [saved] if isinstance(saved, dict) else list(saved)
@@ -245,7 +249,7 @@ class Trainer:
             if self.dist.enabled:
                 log.info("restored the RNG state of each of %d ranks", len(saved))
             return
-        seed_everything((self.seed * 100_003 + self.epoch) * 4096 + self.dist.rank)
+        seed_everything(self._rank_seed(self.epoch))
         log.warning(
             "last.pt holds the RNG states of %d process(es) but this run has %d: generators re-seeded from "
             "(seed, epoch, rank); the run continues, but not bit-identically to an uninterrupted one",
@@ -339,7 +343,7 @@ class Trainer:
     def _run_epoch(self, train_loader: DataLoader, val_set: Dataset) -> None:
         epoch = self.epoch + 1
         # Worker seeds: the same after a resume, different on each rank (ranks must not augment alike).
-        self.generator.manual_seed((self.seed * 100_003 + epoch) * 4096 + self.dist.rank)
+        self.generator.manual_seed(self._rank_seed(epoch))
         train_loader.sampler.set_epoch(epoch, skip=self.step_in_epoch * self.micro_batch)
         start = time.perf_counter()
         train_stats = self.train_epoch(train_loader, epoch)

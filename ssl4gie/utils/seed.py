@@ -11,7 +11,7 @@ import torch
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and all CUDA devices) in this process."""
-    os.environ["PYTHONHASHSEED"] = str(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed % 2**32)  # child processes refuse a larger value
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -163,7 +163,7 @@ def test_device_augmentation_path(unbalanced):
     task.augment_on_device = True  # the CLI sets it on CUDA; the same code path runs on the CPU here
     train = task.build_datasets(unbalanced, ["train"], None, progress=False)["train"]
     samples = [train[i] for i in range(4)]
-    assert all(s["image"].dtype == torch.uint8 for s in samples)  # left to the task's training_step
+    assert all(s["image"].dtype == torch.uint8 for s in samples)  # left to the task's augment_batch
     batch = {
         "image": torch.stack([s["image"] for s in samples]),
         "target": torch.stack([s["target"] for s in samples]),
@@ -171,7 +171,7 @@ def test_device_augmentation_path(unbalanced):
     seen = []
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
     model.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
-    loss = task.training_step(model, batch)["loss"]
+    loss = task.training_step(model, task.augment_batch(batch))["loss"]  # as the engine: augment, then step
     assert torch.isfinite(loss) and seen[0].dtype == torch.float32 and seen[0].shape == (4, 3, 32, 32)
     assert seen[0].min() < -1  # normalised: black corners of the rotation are far below 0
 

@@ -123,7 +123,7 @@ def test_validation_ssi_mse_does_not_depend_on_the_batch_size() -> None:
 
 
 def test_device_augmentation_path_trains(tmp_paths: list[str], tmp_path: Path) -> None:
-    # On CUDA the CLI sets augment_on_device: samples stay uint8 and training_step augments them.
+    # On CUDA the CLI sets augment_on_device: samples stay uint8 and the engine has augment_batch augment them.
     cfg = compose_config(["task=depth", *TINY, *DEPTH_DECODERS, *FAST, *SMALL_INPUT, *SYNTHETIC, *tmp_paths])
     task = instantiate(cfg.task, _recursive_=False)
     task.augment_on_device = True
@@ -131,7 +131,8 @@ def test_device_augmentation_path_trains(tmp_paths: list[str], tmp_path: Path) -
     data = task.build_datasets(reader, ["train", "val"], None, progress=False)
     assert data["train"][0]["image"].dtype == torch.uint8 and data["val"][0]["image"].dtype == torch.float32
     model = task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
-    batch = collate([data["train"][i] for i in range(3)])
+    batch = task.augment_batch(collate([data["train"][i] for i in range(3)]))
+    assert batch["image"].dtype == torch.float32
     loss = task.training_step(model, batch)["loss"]
     loss.backward()
     assert torch.isfinite(loss) and loss > 0
