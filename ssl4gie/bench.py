@@ -449,7 +449,12 @@ def format_table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point; returns the results dict. A user error exits with status 2."""
-    args = parse_args(argv)
+    return run_command(parse_args(argv), run, format_table)
+
+
+def run_command(args: argparse.Namespace, run: Callable, format_table: Callable) -> dict:
+    """What the benchmark commands share: logging, ``--threads``, ``run(args)`` (a user error exits with status
+    2), then ``format_table(results)`` on stdout. Returns the results dict."""
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"

@@ -34,7 +34,6 @@ import gc
 import logging
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,10 +41,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, open_dict
 
-from ssl4gie import bench_tools
+from ssl4gie import bench, bench_tools
 from ssl4gie import config as config_checks
 from ssl4gie.bench import BatchFeed, _sync, machine_info
-from ssl4gie.errors import ConfigError, Ssl4gieError
+from ssl4gie.errors import ConfigError
 
 log = logging.getLogger("ssl4gie.bench")
 
@@ -386,23 +385,9 @@ def _rounded(value):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status: 0, or 1 when a case failed other than by OOM."""
-    args = parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-        )
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        results = run(args)
-    except Ssl4gieError as e:
-        log.error("%s", e)
-        return 2
-    finally:
-        torch.set_num_threads(threads)  # main() may run inside another program (the tests)
-    sys.stdout.write(format_table(results) + "\n")  # the command's result table
+    """Command-line entry point; returns the exit status: 0, or 1 when a case failed other than by OOM (a user
+    error exits with status 2)."""
+    results = bench.run_command(parse_args(argv), run, format_table)
     return 1 if any(c["status"] == "error" for c in results["cases"]) else 0
 
 
