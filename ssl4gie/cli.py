@@ -22,7 +22,7 @@ from ssl4gie.engine.trainer import Trainer
 from ssl4gie.errors import Ssl4gieError
 from ssl4gie.utils.io import save_dataframe_csv, write_json
 from ssl4gie.utils.seed import seed_everything
-from ssl4gie.weights_id import run_weights
+from ssl4gie.weights_id import InitialWeights, run_weights
 
 log = logging.getLogger("ssl4gie")
 
@@ -87,7 +87,8 @@ def execute(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     # The initial weights are part of the run's identity by content: hashed once, before the completed-run check.
-    weights = run_weights(cfg)
+    # (eval/predict: the checkpoint holds every tensor, so the row's weights file is neither read nor needed)
+    weights = run_weights(cfg) if cfg.mode == "train" else InitialWeights()
     fp = config_checks.fingerprint(cfg, weights)
     if weights.file is not None:
         log.info("initial weights %s (sha256 %s) -> run folder %s", weights.file, weights.tag, output_dir)
@@ -109,7 +110,12 @@ def execute(cfg: DictConfig) -> float | None:
     reader = config_checks.instantiate_checked(
         cfg.dataset
     )  # checks the dataset root and layout before the model
-    model = task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
+    pretraining = cfg.pretraining
+    if cfg.mode != "train":
+        pretraining = OmegaConf.create(
+            {**OmegaConf.to_container(cfg.pretraining, resolve=True), "load": False}
+        )
+    model = task.build_model(cfg.backbone, pretraining, cfg.frozen, cfg.paths.weights_dir)
     # What a checkpoint must match to be loaded into this model (checked in eval/predict mode).
     model_config = {
         "task": task.name,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from checkpoint_layouts import mae_encoder, mae_full, mocov3, plain, supervised, tiny_backbone
+from checkpoint_layouts import mae_encoder, mae_full, mocov3, plain, random_like, supervised, tiny_backbone
 from conftest import compose_config, run_cli, segmentation_overrides
 
 from ssl4gie.cli import execute
@@ -163,3 +163,27 @@ def test_receipt_line_in_run_log(tmp_path, kvasir_tiny):
     log = (tmp_path / "run" / "run.log").read_text()
     assert "backbone tensors from mocov3 file weights.pth" in log
     assert "momentum encoder" in log and "projector" in log and "predictor" in log
+
+
+def test_eval_needs_no_pretrained_weights_file(tmp_path, kvasir_tiny):
+    """mode=eval|predict takes every tensor from the checkpoint: the row's weights file may be gone."""
+    source = random_like(tiny_backbone("vit", img_size=64).state_dict())
+    weights = tmp_path / "mae.pth"
+    torch.save(mae_encoder("vit", source)[0], weights)
+    row = ["backbone=vit_b", "pretraining=imagenet_mae"]
+    execute(
+        compose_config(
+            segmentation_overrides(kvasir_tiny, tmp_path, *row, f"pretraining.checkpoint={weights}"),
+            tmp_path / "train",
+        )
+    )
+    weights.unlink()  # neither pretraining.checkpoint nor paths.weights_dir holds the MAE file now
+    ckpt = f"ckpt={tmp_path / 'train' / 'best.pt'}"
+    for mode in ("eval", "predict"):
+        execute(
+            compose_config(
+                segmentation_overrides(kvasir_tiny, tmp_path, *row, f"mode={mode}", ckpt), tmp_path / mode
+            )
+        )
+    trained, evaluated = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("train", "eval"))
+    assert evaluated["test/dice"] == trained["test/dice"]

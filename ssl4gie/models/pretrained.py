@@ -58,7 +58,17 @@ def load_pretrained(
 
     MoCo v3 / MAE ViTs keep their fixed sin-cos position embedding frozen (``train_pos_embed: false``, the study's
     setting); the patch projection is trainable (MoCo v3 pretrained it frozen, the study finetunes it).
+
+    ``pretraining.load=false`` (set by ``mode=eval|predict``, whose checkpoint holds every tensor) builds the
+    backbone without reading any weights file or the hub; the row then only names the run.
     """
+    if not pretraining.get("load", True):
+        log.info(
+            "backbone %s: weights come from the checkpoint; pretraining=%s only names the row",
+            backbone.name,
+            pretraining.name,
+        )
+        return None
     if pretraining.name == "random":
         log.info(
             "backbone %s: random initialisation (%s)", backbone.name, backbone.get("random_init", "timm")
