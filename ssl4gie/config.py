@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from ssl4gie.data.splits import identity_split
 from ssl4gie.errors import ConfigError
 from ssl4gie.weights_id import InitialWeights, run_weights
 
@@ -21,6 +22,7 @@ NOT_IDENTITY = (
     "paths",
     "mode",
     "ckpt",
+    "input",  # mode=predict's folder of frames: what a run is run on, not what it is
     "cache",
     "trainer.device",
     "trainer.num_workers",
@@ -56,6 +58,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"mode={cfg.mode} is not valid; valid: {', '.join(MODES)}")
     if cfg.mode != "train" and not cfg.ckpt:
         raise ConfigError(f"mode={cfg.mode} needs a checkpoint of a finished run: add ckpt=PATH/TO/best.pt")
+    if cfg.get("input") and cfg.mode != "predict":
+        raise ConfigError(
+            f"input={cfg.input} is read by mode=predict only (predict on a folder of frames), not mode={cfg.mode}"
+        )
     if cfg.dataset.task != cfg.task.name:
         fitting = [n for n, o in group_options("dataset").items() if o.get("task") == cfg.task.name]
         raise ConfigError(
@@ -69,6 +75,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"pretraining={cfg.pretraining.name} exists for backbone {', '.join(cfg.pretraining.backbones)}, not "
             f"backbone={cfg.backbone.name}; valid pretraining for backbone={cfg.backbone.name}: {', '.join(fitting)}"
+        )
+    if cfg.mode == "train" and cfg.dataset.get("split") == "all":
+        raise ConfigError(
+            f"dataset.split=all (dataset={cfg.dataset.name}) leaves no train/val split for mode=train: train with "
+            "dataset.split=study, evaluate every image with mode=eval ckpt=PATH dataset.split=all"
         )
     t = cfg.trainer
     for key in ("epochs", "batch_size", "accum_steps", "micro_batch"):
@@ -96,6 +107,11 @@ def fingerprint(cfg: DictConfig, weights: InitialWeights | None = None) -> str:
     container.pop("hydra", None)
     for key in NOT_IDENTITY:
         _drop(container, key)
+    # dataset.split stays: it is the test set of an eval and the table of a C3VD training run; but two names of
+    # the same lists (test, study) are one experiment
+    dataset = container.get("dataset")
+    if isinstance(dataset, dict) and isinstance(dataset.get("split"), str):
+        dataset["split"] = identity_split(dataset["split"])
     if (identity := weights.identity()) is not None:
         container["initial_weights"] = identity
     return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -8,6 +8,7 @@ by reference), which imports the package before Hydra resolves the job's folder.
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -33,6 +34,40 @@ def with_weights(override_dirname: Any, *, _root_: Any) -> str:
     return item_sep.join(part for part in (dirname, f"weights{kv_sep}{tag}") if part)
 
 
+def split_tag(prefix: str = "", *, _root_: Any) -> str:
+    """``${ssl4gie.split_tag:-}``: ``""`` for the study's split (``dataset.split=study`` or ``test``), else the
+    prefix and the split's name (``-all``; a split-table path by its file stem, ``-my_split``).
+
+    An eval of ``split=all`` scores another test set than one of ``split=test``; in a run folder named by this
+    tag the two do not overwrite each other, and study-split folders keep their names.
+    """
+    split = OmegaConf.select(_root_, "dataset.split", default="study")
+    if split in (None, "study", "test"):
+        return ""
+    return f"{prefix}{PurePath(str(split)).stem}"
+
+
+def study_ckpt(sweep_dir: Any, column: Any, *, _root_: Any) -> str:
+    """``${ssl4gie.study_ckpt:SWEEP_DIR,COLUMN}``: ``best.pt`` of this run's row and seed in column ``COLUMN`` of
+    a finished study sweep, e.g. ``SWEEP_DIR/column=kvasir_seg,row=rn_hk_mc,seed=42,weights=1a2b3c4d/best.pt``.
+
+    The cell folder is named as :func:`with_weights` names it, so a row that loads a weights file finds the cell
+    trained from the same file (by content). Never raises: a missing file is reported by the run (option ckpt).
+    """
+    backbone = OmegaConf.select(_root_, "backbone.code", default="")
+    pretraining = OmegaConf.select(_root_, "pretraining.code", default="")
+    row = f"{backbone}_{pretraining}".lower().replace("-", "_")  # RN-HK-MC -> conf/row/rn_hk_mc.yaml
+    seed = OmegaConf.select(_root_, "seed", default="")
+    cell = with_weights(f"column={column},row={row},seed={seed}", _root_=_root_)
+    return str(PurePath(str(sweep_dir)) / cell / "best.pt")
+
+
+def eval_split(trained_on: Any, *, _root_: Any) -> str:
+    """``${ssl4gie.eval_split:kvasir_seg}``: ``test`` on the dataset the checkpoints were trained on (its test
+    split: in-distribution), ``all`` on any other (every image: out of distribution)."""
+    return "test" if OmegaConf.select(_root_, "dataset.name") == str(trained_on) else "all"
+
+
 def tasks_per_node(gpus_per_node: Any) -> int:
     """``${ssl4gie.tasks_per_node:${.gpus_per_node}}``: one process per GPU, and one per node without GPUs.
 
@@ -47,4 +82,7 @@ def register() -> None:
     """Register the resolvers; idempotent (``replace=True``, so re-imports and reloads are harmless)."""
     OmegaConf.register_new_resolver("ssl4gie.weights_tag", weights_tag, replace=True)
     OmegaConf.register_new_resolver("ssl4gie.with_weights", with_weights, replace=True)
+    OmegaConf.register_new_resolver("ssl4gie.split_tag", split_tag, replace=True)
+    OmegaConf.register_new_resolver("ssl4gie.study_ckpt", study_ckpt, replace=True)
+    OmegaConf.register_new_resolver("ssl4gie.eval_split", eval_split, replace=True)
     OmegaConf.register_new_resolver("ssl4gie.tasks_per_node", tasks_per_node, replace=True)

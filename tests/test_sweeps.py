@@ -23,6 +23,7 @@ EXPECTED = {
     "segmentation": 24,
     "depth": 12,
     "smoke": 2,
+    "generalisation": 60,
 }
 INVALID = {
     ("vit_b", "imagenet_barlowtwins"),

@@ -67,7 +67,7 @@ def load_split_table(split: str) -> list[VideoEntry]:
     path = STUDY_TABLE if split == "study" else Path(split).expanduser()
     if not path.is_file():
         raise ConfigError(
-            f"dataset.split={split} is neither 'study' nor an existing YAML split table "
+            f"dataset.split={split} is neither study, test, all nor an existing YAML split table "
             f"(see {STUDY_TABLE.name} beside ssl4gie/data/c3vd.py for the form)"
         )
     rows = (yaml.safe_load(path.read_text()) or {}).get("videos")
@@ -217,7 +217,9 @@ class C3VD:
                 f"dataset.unknown_videos={unknown_videos} is not valid; valid: {', '.join(UNKNOWN_VIDEOS)}"
             )
         self.name, self.task, self.download, self.max_depth_mm = name, task, download, float(max_depth_mm)
-        self.table = load_split_table(split)
+        # all / test: the study's table decides which videos exist; ``splits()`` then regroups them
+        self.split_name = split
+        self.table = load_split_table("study" if split in ("all", "test") else split)
         self.root = ensure_root(
             root, self.title, LAYOUT, download, synthetic, self._writer(), demo="demo_depth"
         )
@@ -312,7 +314,10 @@ class C3VD:
         return frames
 
     def splits(self) -> dict[str, list[int]]:
-        """Index lists into ``items`` for train/val/test, each in split-table order, frames numerically."""
+        """Index lists into ``items`` for train/val/test, each in split-table order, frames numerically;
+        ``dataset.split=all``: every frame in ``test`` (train and val empty)."""
+        if self.split_name == "all":
+            return {"train": [], "val": [], "test": list(range(len(self.items)))}
         return {s: [i for i, f in enumerate(self.items) if self.split_of[f.video] == s] for s in SPLITS}
 
 

@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ssl4gie.data.readers import ensure_root, list_images, log_hidden, open_image, require_dir
-from ssl4gie.data.splits import study_split
+from ssl4gie.data.splits import choose_split
 from ssl4gie.data.synthetic import write_kvasir_seg
 from ssl4gie.data.transforms import photometric
 from ssl4gie.errors import DatasetError
@@ -181,10 +181,8 @@ class KvasirDetection:
         return items
 
     def splits(self) -> dict[str, list[int]]:
-        """Index lists into ``items`` for train/val/test."""
-        if self.split_name != "study":
-            raise DatasetError(f"unknown split '{self.split_name}' (option dataset.split); valid: study")
-        return study_split(len(self.items))
+        """Index lists into ``items`` for train/val/test of ``dataset.split`` (see :func:`choose_split`)."""
+        return choose_split(self.split_name, len(self.items))
 
 
 # ---------------------------------------------------------------------------------------------- box geometry

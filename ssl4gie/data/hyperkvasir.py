@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 
 from ssl4gie.data import cache as decoded_cache
 from ssl4gie.data.readers import ensure_root, is_hidden, log_hidden, open_image, require_dir, visible_files
-from ssl4gie.data.splits import study_split
+from ssl4gie.data.splits import choose_split
 from ssl4gie.data.transforms import normalize, photometric
 from ssl4gie.errors import ConfigError, DatasetError
 
@@ -167,10 +167,8 @@ class HyperKvasir:
         )
 
     def splits(self) -> dict[str, list[int]]:
-        """Index lists into ``items`` for train/val/test."""
-        if self.split_name != "study":
-            raise DatasetError(f"unknown split '{self.split_name}' (option dataset.split); valid: study")
-        return study_split(len(self.items))
+        """Index lists into ``items`` for train/val/test of ``dataset.split`` (see :func:`choose_split`)."""
+        return choose_split(self.split_name, len(self.items))
 
 
 def _jpg_files(folder: Path, hidden: list[Path]) -> tuple[list[Path], list[str]]:

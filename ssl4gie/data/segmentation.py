@@ -1,4 +1,5 @@
-"""Segmentation datasets: readers of Kvasir-SEG and CVC-ClinicDB as published, and the torch Dataset.
+"""Segmentation datasets: readers of Kvasir-SEG, CVC-ClinicDB and the PraNet polyp sets as published, and the
+torch Dataset.
 
 Images and masks are paired **by file name** (stem), never by sorted position; the split indices refer to the
 image list sorted by file name, as in the study (SPEC 3.3).
@@ -17,7 +18,7 @@ from torch.utils.data import Dataset
 
 from ssl4gie.data import cache as decoded_cache
 from ssl4gie.data.readers import ensure_root, list_images, log_hidden, open_image, require_dir
-from ssl4gie.data.splits import study_split
+from ssl4gie.data.splits import choose_split
 from ssl4gie.data.transforms import SegmentationTrainTransform, normalize
 from ssl4gie.errors import DatasetError
 
@@ -87,10 +88,8 @@ class SegmentationFolders:
         return items
 
     def splits(self) -> dict[str, list[int]]:
-        """Index lists into ``items`` for train/val/test."""
-        if self.split_name != "study":
-            raise DatasetError(f"unknown split '{self.split_name}' (option dataset.split); valid: study")
-        return study_split(len(self.items))
+        """Index lists into ``items`` for train/val/test of ``dataset.split`` (see :func:`choose_split`)."""
+        return choose_split(self.split_name, len(self.items))
 
 
 class KvasirSeg(SegmentationFolders):
@@ -115,6 +114,26 @@ class CVCClinicDB(SegmentationFolders):
         from ssl4gie.data.synthetic import write_cvc_clinicdb
 
         return write_cvc_clinicdb
+
+
+class PraNetFolders(KvasirSeg):
+    """A polyp set in the layout it circulates in with PraNet: ``<root>/images/*.png`` and ``<root>/masks/*.png``
+    with the same file names (the five test sets ``TestDataset/<name>`` and ``TrainDataset``).
+
+    Kvasir-SEG's layout, so Kvasir-SEG's reader: pairing by file name, masks binarised at half intensity after
+    conversion to greyscale (these masks are PNG 0/255, some RGB). ``title`` names the set in errors and logs.
+    The default ``split`` is ``all`` (these are evaluation sets); ``split=study`` trains on them as on any other.
+    """
+
+    def __init__(self, root: str, name: str, title: str, split: str = "all", **kwargs) -> None:
+        self.title = title
+        super().__init__(root, name, split=split, **kwargs)
+
+    @staticmethod
+    def _writer():
+        from ssl4gie.data.synthetic import write_pranet_set
+
+        return write_pranet_set
 
 
 def decode_pair(item: SegmentationItem, size: int) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ to write into a non-empty folder, and writes into a staging folder ``<root>.tmp-
 
 Sizes are ``(width, height)`` as in PIL. Command line::
 
-    python -m ssl4gie.data.synthetic {kvasir_seg,cvc_clinicdb,hyperkvasir,c3vd} OUT [--n N] [--seed S]
+    python -m ssl4gie.data.synthetic {kvasir_seg,cvc_clinicdb,pranet,hyperkvasir,c3vd} OUT [--n N] [--seed S]
 """
 
 from __future__ import annotations
@@ -318,6 +318,39 @@ def write_cvc_clinicdb(
     return Path(root)
 
 
+def write_pranet_set(
+    root: str | os.PathLike,
+    n: int = 20,
+    seed: int = 0,
+    size_range: tuple[int, int] = (320, 640),
+    rgb_masks: bool = False,
+) -> Path:
+    """Write a polyp set in the layout the PraNet test sets (and ``TrainDataset``) circulate in:
+    ``images/<i>.png`` (RGB) and ``masks/<i>.png`` (exactly 0/255; mode L, or RGB with ``rgb_masks`` as some of
+    those sets have), i = 1..n, the same file name in both folders. Width and height are drawn independently
+    from ``size_range`` (inclusive); every image has 1 or 2 polyps. Raises FileExistsError if ``root`` is
+    non-empty, ValueError for n < 1 or a side under 32.
+    """
+    lo, hi = size_range
+    if n < 1 or not 32 <= lo <= hi:
+        raise ValueError(
+            f"write_pranet_set: need n >= 1 and 32 <= size_range[0] <= size_range[1], got {n=}, {size_range=}"
+        )
+    rng = np.random.default_rng(seed)
+    with _staging(root) as tmp:
+        (tmp / "images").mkdir()
+        (tmp / "masks").mkdir()
+        for i in range(1, n + 1):
+            w, h = (int(s) for s in rng.integers(lo, hi + 1, 2))
+            img_rng = _child(rng)
+            rgb, masks = _polyp_scene(img_rng, h, w, n_polyps=1 + int(img_rng.random() < 0.2))
+            Image.fromarray(_finish(img_rng, rgb)).save(tmp / "images" / f"{i}.png")
+            union = np.any(masks, axis=0).astype(np.uint8) * 255
+            mask = np.repeat(union[..., None], 3, axis=2) if rgb_masks else union
+            Image.fromarray(mask).save(tmp / "masks" / f"{i}.png")
+    return Path(root)
+
+
 def _class_image(rng: np.random.Generator, h: int, w: int, idx: int) -> np.ndarray:
     """Endoscopy-like image whose colour tint (idx // 5) and pattern (idx % 5) identify class `idx`."""
     tint = [(0, 0, 0), (0.1, -0.08, -0.08), (-0.12, 0.06, 0.0), (-0.02, -0.1, 0.12)][idx // 5 % 4]
@@ -464,6 +497,7 @@ def write_c3vd(
 _WRITERS: dict[str, tuple[Callable[..., Path], Callable[[int], dict]]] = {
     "kvasir_seg": (write_kvasir_seg, lambda n: {"n": n}),
     "cvc_clinicdb": (write_cvc_clinicdb, lambda n: {"n": n}),
+    "pranet": (write_pranet_set, lambda n: {"n": n}),
     "hyperkvasir": (write_hyperkvasir, lambda n: {"classes": dict.fromkeys(HYPERKVASIR_CLASSES, n)}),
     "c3vd": (write_c3vd, lambda n: {"videos": dict.fromkeys(C3VD_VIDEOS, n)}),
 }
@@ -479,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="output folder; must not exist or be empty")
     parser.add_argument(
         "--n", type=int, default=None,
-        help="kvasir_seg/cvc_clinicdb: images; hyperkvasir: images per class; c3vd: frames per video",
+        help="kvasir_seg/cvc_clinicdb/pranet: images; hyperkvasir: images per class; c3vd: frames per video",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -1,9 +1,13 @@
-"""``python -m ssl4gie.results SWEEP_DIR [--out DIR] [--metric TASK=METRIC ...] [--frozen]``."""
+"""``python -m ssl4gie.results SWEEP_DIR [--out DIR] [--metric TASK=METRIC ...] [--frozen]``.
+
+Writes the results files (see :func:`~ssl4gie.results.report.write_results`) and prints ``table.md`` to stdout.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from ssl4gie.errors import Ssl4gieError
 from ssl4gie.results.report import write_results
@@ -37,10 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        write_results(args.sweep_dir, args.out, parse_metric_overrides(args.metric), args.frozen, args.digits)
+        written = write_results(
+            args.sweep_dir, args.out, parse_metric_overrides(args.metric), args.frozen, args.digits
+        )
     except Ssl4gieError as e:
         log.error("%s", e)
         return 2
+    # the table itself on stdout (the log goes to stderr), so that the study is readable without opening a file
+    sys.stdout.write(written["table.md"].read_text())
+    sys.stdout.flush()
     return 0
 
 

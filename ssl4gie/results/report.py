@@ -40,7 +40,9 @@ def write_results(
     sweep_dir = Path(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep_dir / "results"
     runs = collect_runs(sweep_dir)
-    table = study_table(runs, metric_overrides, frozen)
+    # a folder of evaluations only (sweep=generalisation) has its own columns, not the study's six
+    evaluations_only = "mode" in runs and bool((runs["mode"] == "eval").all())
+    table = study_table(runs, metric_overrides, frozen, present_only=evaluations_only)
     problems = problem_runs(runs, frozen)
     tests = significance(runs, sweep_dir, metric_overrides, frozen)
     written = {

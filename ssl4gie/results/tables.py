@@ -123,18 +123,26 @@ def column_metrics(columns: Iterable[str], overrides: Mapping[str, str] | None =
 
 
 def study_table(
-    runs: pd.DataFrame, metric_overrides: Mapping[str, str] | None = None, frozen: bool = False
+    runs: pd.DataFrame,
+    metric_overrides: Mapping[str, str] | None = None,
+    frozen: bool = False,
+    present_only: bool = False,
 ) -> pd.DataFrame:
     """Values of the study table.
 
     Index: backbone rows (the 12 study rows in order, then any other row in the data). Columns: a MultiIndex
     ``(task_dataset, stat)`` with stat ``mean``, ``std`` (ddof=1, NaN with one seed), ``n`` (seeds) and ``best``
-    (bool), for the 6 study columns in order, then any other in the data. ``table.attrs["metrics"]`` maps each
-    column to its metric, ``table.attrs["frozen"]`` records the selection. Only complete runs enter the values.
+    (bool), for the 6 study columns in order, then any other in the data; with ``present_only`` only the columns
+    that have runs (in the same order: e.g. a cross-dataset evaluation, Kvasir-SEG first, then the other sets).
+    ``table.attrs["metrics"]`` maps each column to its metric, ``table.attrs["frozen"]`` records the selection.
+    Only complete runs enter the values.
     """
     chosen = runs[runs["frozen"] == frozen]
     rows = ordered(chosen["row"], STUDY_ROWS)
-    metrics = column_metrics(ordered(chosen["task_dataset"], STUDY_COLUMNS), metric_overrides)
+    columns = ordered(chosen["task_dataset"], STUDY_COLUMNS)
+    if present_only:
+        columns = [c for c in columns if c in set(chosen["task_dataset"])]
+    metrics = column_metrics(columns, metric_overrides)
     done = selected_runs(runs, frozen)
     table = pd.DataFrame(
         index=pd.Index(rows, name="row"), columns=pd.MultiIndex.from_product([list(metrics), STATS])

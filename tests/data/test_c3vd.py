@@ -225,3 +225,10 @@ def test_train_transform_flips_image_and_depth_together() -> None:
         assert out_depth.sum() == 0.5  # depth values are moved, never changed
         seen.add(bright)
     assert seen == {1 * 8 + 2, 1 * 8 + 5, 6 * 8 + 2, 6 * 8 + 5}  # all four flip combinations occur
+
+
+def test_split_all_puts_every_frame_in_test_and_test_is_the_study_split(study_root: Path) -> None:
+    study = C3VD(str(study_root))
+    every = C3VD(str(study_root), split="all")
+    assert every.splits() == {"train": [], "val": [], "test": list(range(len(study.items)))}
+    assert C3VD(str(study_root), split="test").splits() == study.splits()

@@ -20,12 +20,14 @@ from ssl4gie.data.synthetic import (
     write_cvc_clinicdb,
     write_hyperkvasir,
     write_kvasir_seg,
+    write_pranet_set,
 )
 
 # tiny but complete variants of each writer, used by the generic tests
 WRITERS = {
     "kvasir_seg": lambda root, seed: write_kvasir_seg(root, n=4, seed=seed, size_range=(48, 80)),
     "cvc_clinicdb": lambda root, seed: write_cvc_clinicdb(root, n=5, seed=seed, size=(48, 40)),
+    "pranet": lambda root, seed: write_pranet_set(root, n=4, seed=seed, size_range=(48, 80), rgb_masks=True),
     "hyperkvasir": lambda root, seed: write_hyperkvasir(
         root, {"polyps": 2, "z-line": 2}, seed=seed, size=(40, 32)
     ),

@@ -261,8 +261,18 @@ def test_cli_writes_all_files(sweep, tmp_path, caplog):
     assert main([str(root)]) == 0 and (root / "results" / "table.png").stat().st_size > 0
 
 
-def test_cli_user_errors(tmp_path, caplog):
+def test_cli_prints_the_table_to_stdout(sweep, tmp_path, capsys):
+    root, _ = sweep
+    out = tmp_path / "report"
+    assert main([str(root), "--out", str(out), "--metric", "depth=abs_rel"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == (out / "table.md").read_text()  # the Markdown table as written, nothing else
+    assert "depth/c3vd test/abs_rel ↓" in printed and "RN-IN-SL" in printed
+
+
+def test_cli_user_errors(tmp_path, caplog, capsys):
     assert main([str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().out == ""  # no table when nothing was written
     assert "does not exist" in caplog.text
     (tmp_path / "empty" / "logs").mkdir(parents=True)
     assert main([str(tmp_path / "empty")]) == 2
