@@ -16,10 +16,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ssl4gie import config as config_checks
+from ssl4gie.data.frames import list_frames
 from ssl4gie.engine import distributed
-from ssl4gie.engine.checkpoint import check_model_config, read_run_checkpoint
+from ssl4gie.engine.checkpoint import check_model_config, read_model_checkpoint, read_run_checkpoint
 from ssl4gie.engine.trainer import Trainer
 from ssl4gie.errors import Ssl4gieError
+from ssl4gie.models.checkpoints import study as study_checkpoints
+from ssl4gie.models.checkpoints.study import check_against
 from ssl4gie.utils.io import save_dataframe_csv, write_json
 from ssl4gie.utils.seed import seed_everything
 from ssl4gie.weights_id import InitialWeights, run_weights
@@ -107,9 +110,12 @@ def execute(cfg: DictConfig) -> float | None:
     torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    reader = config_checks.instantiate_checked(
-        cfg.dataset
-    )  # checks the dataset root and layout before the model
+    # Predicting on a folder of frames reads no dataset (its root need not exist); the frames are listed and
+    # checked before the model is built, as a dataset's root and layout are otherwise.
+    frames = list_frames(cfg.input) if cfg.mode == "predict" and cfg.get("input") else None
+    reader = None if frames is not None else config_checks.instantiate_checked(cfg.dataset)
+    if cfg.mode != "train" and study_checkpoints.is_study_checkpoint(cfg.ckpt):
+        task.use_study_model()  # so that the study's weights run exactly as they did
     pretraining = cfg.pretraining
     if cfg.mode != "train":
         pretraining = OmegaConf.create(
@@ -176,11 +182,17 @@ def execute(cfg: DictConfig) -> float | None:
     else:
         if not dist_env.is_main:
             return None
-        ckpt = read_run_checkpoint(cfg.ckpt)
-        check_model_config(ckpt, model_config, cfg.ckpt)
-        model.load_state_dict(ckpt["model"])
-        data = task.build_datasets(reader, ["test"], cache_dir, progress)
+        ckpt = read_model_checkpoint(cfg.ckpt, task.name, cfg.backbone.family)
+        if ckpt["model_config"] is None:  # one of the study's files: its keys and shapes are the check
+            check_against(model, ckpt["model"], cfg.ckpt)
+            log.info("%s", ckpt["receipt"])
+        else:
+            check_model_config(ckpt, model_config, cfg.ckpt)
+        model.load_state_dict(ckpt["model"], strict=ckpt["model_config"] is not None)
         facts.update(ckpt=str(cfg.ckpt), epochs=int(ckpt["epoch"]), best_epoch=int(ckpt["best_epoch"]))
+        if frames is not None:
+            return predict_frames(cfg, task, trainer, frames, output_dir, facts, start)
+        data = task.build_datasets(reader, ["test"], cache_dir, progress)
 
     save_dir = output_dir / "predictions" if cfg.mode == "predict" else None
     test_metrics, rows, kept = trainer.evaluate(
@@ -202,3 +214,29 @@ def execute(cfg: DictConfig) -> float | None:
         log.info("  %-34s %.4f", key, metrics[key])
     log.info("results in %s", output_dir)
     return metrics.get(task.monitor)
+
+
+def predict_frames(
+    cfg: DictConfig, task, trainer: Trainer, frames: list[Path], output_dir: Path, facts: dict, start: float
+) -> None:
+    """``mode=predict input=DIR``: the task's outputs for every frame in ``predictions/``, a summary row per frame
+    in ``per_frame.csv``, figures of the first ``trainer.num_figures``, then ``metrics.json`` (no metrics: the
+    frames have no ground truth) naming them."""
+    save_dir = output_dir / "predictions"
+    predictor = task.frame_predictor(save_dir, keep=int(cfg.trainer.num_figures))
+    _, rows, _ = trainer.evaluate(task.frame_dataset(frames), "predict", evaluator=predictor)
+    save_dataframe_csv(output_dir / "per_frame.csv", pd.DataFrame(rows))
+    figures = task.draw_frames(predictor.kept, output_dir / "figures")
+    log.info("wrote the predictions of %d frames to %s", len(frames), save_dir)
+    log.info("wrote %d figures to %s", len(figures), output_dir / "figures")
+    metrics = {
+        **facts,
+        "input": str(Path(str(cfg.input)).expanduser().resolve()),
+        "frames": [p.name for p in frames],
+        "n_frames": len(frames),
+        "wall_time_s": round(time.perf_counter() - start, 2),
+        "status": "complete",
+    }
+    write_json(output_dir / "metrics.json", metrics)  # last: its presence means the run completed
+    log.info("results in %s", output_dir)
+    return None

@@ -50,3 +50,17 @@ def save_figure(fig, path: Path, dpi: int = 100) -> Path:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return path
+
+
+def prediction_panels(image: np.ndarray, pred: np.ndarray, title: str = ""):
+    """image | predicted mask tinted green (frames without ground truth)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
+    for ax, img, label in zip(
+        axes, (image, overlay(image, pred.astype(bool), TP)), ("image", "prediction"), strict=True
+    ):
+        ax.imshow(img)
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

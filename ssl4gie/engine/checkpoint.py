@@ -35,6 +35,32 @@ def read_run_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def read_model_checkpoint(path: str | Path, task: str, family: str) -> dict[str, Any]:
+    """What eval/predict load: an ssl4gie run checkpoint (``best.pt``), or one of the study's finetuned files
+    converted for ``task`` and the backbone ``family`` (``model_config`` None; ``receipt`` says what was loaded
+    and what was dropped by rule)."""
+    from ssl4gie.models.checkpoints import study
+
+    path = Path(path)
+    if not path.is_file():
+        raise Ssl4gieError(f"checkpoint {path} does not exist (option ckpt)")
+    try:
+        return read_run_checkpoint(path)
+    except Ssl4gieError as error:
+        if "holds pickled Python objects" not in str(error) and "not an ssl4gie run checkpoint" not in str(
+            error
+        ):
+            raise
+    obj = study.read_study_file(
+        path
+    )  # the study's numpy loss / RNG state is what made the plain load refuse it
+    state, dropped = study.to_ssl4gie(obj, task, family, path)
+    rules = ", ".join(f"{len(keys)} {reason}" for reason, keys in dropped.items() if keys)
+    receipt = f"loaded {len(state)} tensors from {study.describe(task, family)} file {path.name}; dropped by rule: {rules}"
+    epoch = int(obj["epoch"])
+    return {"model": state, "model_config": None, "epoch": epoch, "best_epoch": epoch, "receipt": receipt}
+
+
 def check_model_config(ckpt: dict, expected: dict, path: str | Path) -> None:
     """The checkpoint must come from the same task/backbone/decoder as the current config."""
     found = ckpt["model_config"]

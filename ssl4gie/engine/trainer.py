@@ -38,7 +38,7 @@ from ssl4gie.engine.device import (
     resolve_workers,
 )
 from ssl4gie.errors import ConfigError, Ssl4gieError
-from ssl4gie.tasks.base import Task
+from ssl4gie.tasks.base import Evaluator, Task
 from ssl4gie.utils.io import save_torch
 from ssl4gie.utils.seed import rng_state, seed_everything, seed_worker, set_rng_state
 
@@ -425,14 +425,21 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(
-        self, dataset: Dataset, split: str, keep: int = 0, save_dir: Path | None = None
+        self,
+        dataset: Dataset,
+        split: str,
+        keep: int = 0,
+        save_dir: Path | None = None,
+        evaluator: Evaluator | None = None,
     ) -> tuple[dict[str, float], list[dict], list[dict]]:
         """Metrics of ``split`` as ``{"<split>/<metric>": value}``, per-image rows, and ``keep`` items to draw.
 
         Runs on the bare model in this process (rank 0 under DDP), in ``trainer.eval_precision`` (fp32 by
-        default, as the study), one ``trainer.eval_batch_size`` batch at a time."""
+        default, as the study), one ``trainer.eval_batch_size`` batch at a time. ``evaluator`` replaces the
+        task's (``keep`` and ``save_dir`` are then its own), e.g. ``Task.frame_predictor`` on frames."""
         self.model.eval()
-        evaluator = self.task.evaluator(keep=keep, save_dir=save_dir)
+        if evaluator is None:
+            evaluator = self.task.evaluator(keep=keep, save_dir=save_dir)
         for batch in tqdm(
             self.loader(dataset, train=False),
             desc=f"{split}",

@@ -11,6 +11,8 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset
 
+from ssl4gie.errors import ConfigError
+
 
 class Evaluator(ABC):
     """Accumulates one split's metrics: ``process`` each batch, then ``compute``.
@@ -68,6 +70,29 @@ class Task(ABC):
     @abstractmethod
     def draw(self, kept: list[dict], folder: Path) -> list[Path]:
         """Write figures of retained evaluation items into ``folder``; return their paths."""
+
+    def frame_dataset(self, paths: list[Path]) -> Dataset:
+        """Frames of ``mode=predict input=DIR`` (:func:`ssl4gie.data.frames.list_frames`) as a Dataset with this
+        task's evaluation preprocessing; samples carry ``image`` and ``meta`` only (no ground truth).
+
+        Call after :meth:`build_model` (a detector's input frame depends on the backbone)."""
+        raise ConfigError(f"task={self.name} cannot predict on a folder of frames (option input)")
+
+    def frame_predictor(self, save_dir: Path, keep: int = 0) -> Evaluator:
+        """An evaluator of :meth:`frame_dataset` batches that computes no metrics: it writes one output per frame
+        (named after the frame's file stem, at its native resolution) or one file for the folder into
+        ``save_dir``; ``compute`` returns ``({}, one row per frame)``; ``kept`` feeds :meth:`draw_frames`."""
+        raise ConfigError(f"task={self.name} cannot predict on a folder of frames (option input)")
+
+    def draw_frames(self, kept: list[dict], folder: Path) -> list[Path]:
+        """Figures of the frames a :meth:`frame_predictor` kept into ``folder`` (``<stem>.png`` per frame, or one
+        grid); return their paths. None by default."""
+        return []
+
+    def use_study_model(self) -> None:
+        """Build the study's variant of this task's model where ssl4gie's deliberately differs (called before
+        :meth:`build_model` when ``ckpt`` is one of the study's files); nothing by default."""
+        return None
 
     def structure(self) -> dict:
         """Options (after :meth:`build_model`) that change the model's structure beyond backbone and decoder

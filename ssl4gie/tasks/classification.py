@@ -19,10 +19,13 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
+from PIL import Image
 from torch import nn
 
+from ssl4gie.data.frames import FrameDataset
 from ssl4gie.data.hyperkvasir import ClassificationTrainTransform, HyperKvasirDataset
 from ssl4gie.data.readers import open_image
+from ssl4gie.data.transforms import normalize
 from ssl4gie.errors import ConfigError, DatasetError
 from ssl4gie.losses import class_weights, weighted_cross_entropy
 from ssl4gie.metrics.classification import classification_metrics, confusion_matrix
@@ -184,6 +187,17 @@ class ClassificationTask(Task):
             paths.append(save_figure(examples_figure(examples), folder / "examples.png"))
         return paths
 
+    def frame_dataset(self, paths: list[Path]) -> ClassificationFrames:
+        return ClassificationFrames(paths, self.input_size)
+
+    def frame_predictor(self, save_dir: Path, keep: int = 0) -> Evaluator:
+        """Class names: ``dataset.classes`` of the config, which eval/predict check against the checkpoint's."""
+        return ClassificationFramePredictor(self.classes, save_dir, keep)
+
+    def draw_frames(self, kept, folder):
+        """One ``folder/examples.png`` grid of the kept frames with their predicted class."""
+        return [save_figure(examples_figure(kept), folder / "examples.png")] if kept else []
+
     def extra_state(self) -> dict:
         weights = None if self.weights is None else self.weights.tolist()
         return {
@@ -250,6 +264,49 @@ class ClassificationEvaluator(Evaluator):
         return metrics, rows
 
 
+class ClassificationFrames(FrameDataset):
+    """Frames preprocessed as the evaluation's images (:func:`ssl4gie.data.hyperkvasir.decode`: bicubic to
+    ``size``², aspect ratio ignored), ImageNet-normalised."""
+
+    def __init__(self, paths: list[Path], size: int) -> None:
+        super().__init__(paths)
+        self.size = size
+
+    def sample(self, image, meta: dict) -> dict:
+        resized = np.asarray(image.resize((self.size, self.size), Image.Resampling.BICUBIC))
+        return {"image": normalize(torch.from_numpy(resized.copy()).permute(2, 0, 1)), "meta": meta}
+
+
+class ClassificationFramePredictor(Evaluator):
+    """Softmax of every frame; ``compute`` writes ``save_dir/predictions.csv``: ``file``, ``predicted_id``,
+    ``predicted``, ``confidence`` and one ``p_<class>`` column per class (the columns of the test split's
+    ``predictions.csv``, without the dataset's ``index``/``image_path``)."""
+
+    def __init__(self, classes: Sequence[str], save_dir: Path, keep: int = 0) -> None:
+        super().__init__(keep, save_dir)
+        self.classes, self.rows = list(classes), []
+
+    def process(self, batch: dict[str, Any], outputs: torch.Tensor) -> None:
+        for prob, meta in zip(
+            torch.softmax(outputs.float(), dim=1).cpu().numpy(), batch["meta"], strict=True
+        ):
+            p = int(prob.argmax())
+            row = {
+                "file": meta["file"],
+                "predicted_id": p,
+                "predicted": self.classes[p],
+                "confidence": float(prob[p]),
+            }
+            row.update({f"p_{c}": float(v) for c, v in zip(self.classes, prob, strict=True)})
+            self.rows.append(row)
+            if len(self.kept) < self.keep:
+                self.kept.append({"kind": "example", "meta": meta, "row": row})
+
+    def compute(self) -> tuple[dict[str, float], list[dict]]:
+        save_dataframe_csv(self.save_dir / "predictions.csv", pd.DataFrame(self.rows))
+        return {}, self.rows
+
+
 def confusion_figure(counts: np.ndarray, classes: Sequence[str]):
     """Counts in the cells, colour = fraction of each true class (row-normalised; an empty row stays 0)."""
     n = len(classes)
@@ -292,6 +349,11 @@ def examples_figure(examples: list[dict]):
     for ax, item in zip(axes.flat, examples, strict=False):
         row = item["row"]
         ax.imshow(np.asarray(open_image(Path(item["meta"]["image_path"]), "RGB")))
+        if "class" not in row:  # a frame without ground truth
+            ax.set_title(
+                f"{row['file'][:18]}\npred: {row['predicted']} ({row['confidence']:.2f})", fontsize=8
+            )
+            continue
         ax.set_title(
             f"{row['name'][:18]}\ntrue: {row['class']}\npred: {row['predicted']} ({row['confidence']:.2f})",
             fontsize=8,

@@ -20,8 +20,10 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch import nn
 
-from ssl4gie.data.c3vd import C3VD, DEPTH_SCALE, C3VDDataset, DepthTrainTransform
+from ssl4gie.data.c3vd import C3VD, DEPTH_SCALE, C3VDDataset, DepthTrainTransform, PadGeometry
+from ssl4gie.data.frames import FrameDataset
 from ssl4gie.data.readers import open_image
+from ssl4gie.data.transforms import normalize
 from ssl4gie.errors import DatasetError
 from ssl4gie.losses import align_scale_shift, ssi_loss, ssi_mse
 from ssl4gie.metrics.depth import DepthMetricAccumulator, depth_metrics
@@ -105,6 +107,23 @@ class DepthTask(Task):
     def evaluator(self, keep: int = 0, save_dir: Path | None = None) -> Evaluator:
         return DepthEvaluator(self.max_depth_mm, keep, save_dir)
 
+    def frame_dataset(self, paths: list[Path]) -> DepthFrames:
+        return DepthFrames(paths, self.input_size)
+
+    def frame_predictor(self, save_dir: Path, keep: int = 0) -> Evaluator:
+        return DepthFramePredictor(self.max_depth_mm, save_dir, keep)
+
+    def draw_frames(self, kept: list[dict], folder: Path) -> list[Path]:
+        paths = []
+        for item in kept:
+            image = np.asarray(open_image(Path(item["meta"]["image_path"]), "RGB"))
+            step = max(1, -(-max(image.shape[:2]) // FIGURE_MAX_SIDE))
+            fig = frame_depth_panels(
+                image[::step, ::step], item["pred"][::step, ::step], item["meta"]["file"]
+            )
+            paths.append(save_figure(fig, folder / f"{item['meta']['name']}.png"))
+        return paths
+
     def draw(self, kept: list[dict], folder: Path) -> list[Path]:
         paths = []
         for item in kept:
@@ -184,10 +203,7 @@ class DepthEvaluator(Evaluator):
                           "row": row, "where": where})  # fmt: skip
 
     def _save(self, name: str, aligned_mm: torch.Tensor) -> None:
-        code = torch.round(aligned_mm / self.max_depth_mm * DEPTH_SCALE).clamp(0, DEPTH_SCALE)
-        self.save_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.save_dir / f"{name}_depth.tiff") as tmp:
-            Image.fromarray(code.cpu().numpy().astype(np.uint16)).save(tmp, format="TIFF")  # mode I;16
+        write_depth(self.save_dir / f"{name}_depth.tiff", aligned_mm, self.max_depth_mm)
 
     def compute(self) -> tuple[dict[str, float], list[dict]]:
         metrics, rows = self.metrics.compute()
@@ -195,6 +211,72 @@ class DepthEvaluator(Evaluator):
         for row in rows:
             row["video"] = self.videos.get(row["name"], "")
         return metrics, rows
+
+
+def write_depth(path: Path, depth_mm: torch.Tensor, max_depth_mm: float) -> Path:
+    """An H×W depth map in mm as a 16-bit TIFF in the C3VD encoding (0..65535 = 0..max_depth_mm), atomically."""
+    code = torch.round(depth_mm / max_depth_mm * DEPTH_SCALE).clamp(0, DEPTH_SCALE)
+    with atomic_path(path) as tmp:
+        Image.fromarray(code.cpu().numpy().astype(np.uint16)).save(tmp, format="TIFF")  # mode I;16
+    return path
+
+
+class DepthFrames(FrameDataset):
+    """Frames preprocessed as C3VD test frames: padded to a black square (:class:`PadGeometry`), resized bicubic
+    to ``size``², ImageNet-normalised; ``meta["geometry"]`` maps the output back to native resolution."""
+
+    def __init__(self, paths: list[Path], size: int) -> None:
+        super().__init__(paths)
+        self.size = size
+
+    def sample(self, image: Image.Image, meta: dict) -> dict:
+        geometry = PadGeometry(image.width, image.height)
+        canvas = Image.fromarray(geometry.pad(np.asarray(image)))
+        resized = np.asarray(canvas.resize((self.size, self.size), Image.Resampling.BICUBIC))
+        meta["geometry"] = geometry
+        return {"image": normalize(torch.from_numpy(resized.copy()).permute(2, 0, 1)), "meta": meta}
+
+
+class DepthFramePredictor(Evaluator):
+    """Writes ``<stem>.tiff`` per frame: the network's relative depth (0, 1) upsampled to the padded square and
+    cropped back (as the test metrics), times ``max_depth_mm``, in the C3VD encoding. Without ground truth there
+    is no scale+shift alignment: the values are the model's own (scale-and-shift-invariant) depth."""
+
+    def __init__(self, max_depth_mm: float, save_dir: Path, keep: int = 0) -> None:
+        super().__init__(keep, save_dir)
+        self.max_depth_mm, self.rows = max_depth_mm, []
+
+    def process(self, batch: dict[str, Any], outputs: torch.Tensor) -> None:
+        for output, meta in zip(outputs, batch["meta"], strict=True):
+            depth_mm = (meta["geometry"].to_native(output[0]) * self.max_depth_mm).clamp(
+                0.0, self.max_depth_mm
+            )
+            write_depth(self.save_dir / f"{meta['name']}.tiff", depth_mm, self.max_depth_mm)
+            height, width = meta["orig_size"]
+            self.rows.append({"file": meta["file"], "height": height, "width": width,
+                              "median_depth_mm": float(depth_mm.median())})  # fmt: skip
+            if len(self.kept) < self.keep:
+                self.kept.append({"meta": meta, "pred": depth_mm.cpu().numpy()})
+
+    def compute(self) -> tuple[dict[str, float], list[dict]]:
+        return {}, self.rows
+
+
+def frame_depth_panels(image: np.ndarray, pred_mm: np.ndarray, title: str = ""):
+    """input | predicted depth (unaligned, mm; the colours of :func:`depth_panels`)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    axes[0].imshow(image)
+    axes[0].set_title("input", fontsize=9)
+    shown = axes[1].imshow(
+        pred_mm, cmap="magma_r", vmin=0.0, vmax=max(float(np.percentile(pred_mm, 99)), 1e-6)
+    )
+    axes[1].set_title("predicted depth (not aligned)", fontsize=9)
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.02).set_label("mm", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
 
 
 def depth_panels(image: np.ndarray, target_mm: np.ndarray, pred_mm: np.ndarray, title: str = ""):

@@ -12,8 +12,10 @@ import torch
 from matplotlib.patches import Rectangle
 from omegaconf import DictConfig
 from torch import nn
+from torchvision import tv_tensors
 
-from ssl4gie.data.detection import DetectionDataset, KvasirDetection, from_canvas
+from ssl4gie.data.detection import IDENTITY_CANVAS, DetectionDataset, KvasirDetection, from_canvas, to_canvas
+from ssl4gie.data.frames import FrameDataset
 from ssl4gie.data.readers import open_image
 from ssl4gie.errors import ConfigError
 from ssl4gie.metrics.detection import DetectionMetricAccumulator
@@ -172,6 +174,14 @@ class DetectionTask(Task):
     def structure(self) -> dict:
         return {"detector": dict(self._structure)}
 
+    def use_study_model(self) -> None:
+        """The study's detectors always have frozen BatchNorm (its random-init one included, SPEC 4.1)."""
+        if self.frozen_bn is not True:
+            log.info(
+                "the study's detector: frozen BatchNorm (task.frozen_bn=true instead of %s)", self.frozen_bn
+            )
+        self.frozen_bn = True
+
     # ------------------------------------------------------------------------------------------------- data
     def build_datasets(
         self, reader: KvasirDetection, splits: list[str], cache_dir: str | None, progress: bool
@@ -210,6 +220,15 @@ class DetectionTask(Task):
     def evaluator(self, keep: int = 0, save_dir: Path | None = None) -> Evaluator:
         return DetectionEvaluator(self.figure_threshold, keep, save_dir)
 
+    def frame_dataset(self, paths: list[Path]) -> DetectionFrames:
+        return DetectionFrames(paths, self.canvas)
+
+    def frame_predictor(self, save_dir: Path, keep: int = 0) -> Evaluator:
+        return DetectionFramePredictor(self.figure_threshold, save_dir, keep)
+
+    def draw_frames(self, kept: list[dict], folder: Path) -> list[Path]:
+        return self.draw(kept, folder)
+
     def draw(self, kept: list[dict], folder: Path) -> list[Path]:
         """Ground truth in yellow and predictions scored above ``score_threshold_figures`` in green, on the
         original full-resolution image."""
@@ -217,6 +236,56 @@ class DetectionTask(Task):
             save_figure(box_figure(item, self.figure_threshold), folder / f"{item['meta']['name']}.png")
             for item in kept
         ]
+
+
+class DetectionFrames(FrameDataset):
+    """Frames as the detector's evaluation images: float [0, 1] at native size (ResNet), or placed on the
+    ``canvas_size`` canvas (ViT, :func:`to_canvas`); ``meta["canvas"]`` maps boxes back."""
+
+    def __init__(self, paths: list[Path], canvas_size: int | None) -> None:
+        super().__init__(paths)
+        self.canvas_size = canvas_size
+
+    def sample(self, image, meta: dict) -> dict:
+        pixels = tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+        canvas = dict(IDENTITY_CANVAS)
+        if self.canvas_size is not None:
+            none = tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=meta["orig_size"])
+            pixels, _, canvas = to_canvas(pixels, none, self.canvas_size)
+        meta["canvas"] = canvas
+        return {"image": pixels.as_subclass(torch.Tensor).float() / 255.0, "meta": meta}
+
+
+class DetectionFramePredictor(Evaluator):
+    """Collects every frame's boxes (original pixels) and writes them in ``compute`` as one
+    ``predicted_bboxes.json``: ``{stem: {"height", "width", "bbox": [box_entry, ...]}}``, as
+    :class:`DetectionEvaluator` writes in predict mode."""
+
+    def __init__(self, figure_threshold: float, save_dir: Path, keep: int = 0) -> None:
+        super().__init__(keep, save_dir)
+        self.figure_threshold = figure_threshold
+        self.predictions: dict[str, dict] = {}
+        self.rows: list[dict] = []
+
+    def process(self, batch: dict[str, Any], outputs: list[dict[str, torch.Tensor]]) -> None:
+        for pred, meta in zip(outputs, batch["meta"], strict=True):
+            boxes, scores = pred["boxes"].cpu().numpy(), pred["scores"].cpu().numpy()
+            height, width = meta["orig_size"]
+            self.predictions[meta["name"]] = {
+                "height": int(height),
+                "width": int(width),
+                "bbox": [box_entry(box, score) for box, score in zip(boxes, scores, strict=True)],
+            }
+            shown = int((scores > self.figure_threshold).sum())
+            self.rows.append({"file": meta["file"], "height": height, "width": width, "boxes": len(boxes),
+                              f"boxes_above_{self.figure_threshold:g}": shown})  # fmt: skip
+            if len(self.kept) < self.keep:
+                self.kept.append({"meta": meta, "target": None, "boxes": boxes, "scores": scores})
+
+    def compute(self) -> tuple[dict[str, float], list[dict]]:
+        path = write_json(self.save_dir / PREDICTIONS_FILE, self.predictions)
+        log.info("wrote the predicted boxes of %d frames to %s", len(self.predictions), path)
+        return {}, self.rows
 
 
 class DetectionEvaluator(Evaluator):
@@ -269,15 +338,13 @@ def box_figure(item: dict, threshold: float) -> plt.Figure:
     ax.imshow(image)
     shown = item["scores"] > threshold
     line = max(1.5, width / 400)
-    for boxes, colour in ((item["target"], GT_COLOUR), (item["boxes"][shown], PRED_COLOUR)):
+    target = item["target"] if item["target"] is not None else np.zeros((0, 4))  # None: a frame without truth
+    for boxes, colour in ((target, GT_COLOUR), (item["boxes"][shown], PRED_COLOUR)):
         for x0, y0, x1, y1 in boxes:
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=line))
     scores = ", ".join(f"{s:.2f}" for s in item["scores"][shown]) or "none"
-    ax.set_title(
-        f"{meta['name']}\nground truth (yellow): {len(item['target'])}   "
-        f"predictions > {threshold:g} (green), scores: {scores}",
-        fontsize=9,
-    )
+    truth = "" if item["target"] is None else f"ground truth (yellow): {len(target)}   "
+    ax.set_title(f"{meta['name']}\n{truth}predictions > {threshold:g} (green), scores: {scores}", fontsize=9)
     ax.axis("off")
     fig.tight_layout()
     return fig

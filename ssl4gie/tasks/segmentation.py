@@ -14,9 +14,10 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch import nn
 
+from ssl4gie.data.frames import FrameDataset
 from ssl4gie.data.readers import open_image
 from ssl4gie.data.segmentation import SegmentationDataset
-from ssl4gie.data.transforms import SegmentationTrainTransform
+from ssl4gie.data.transforms import SegmentationTrainTransform, normalize
 from ssl4gie.errors import ConfigError
 from ssl4gie.losses import soft_dice_loss
 from ssl4gie.metrics.segmentation import SegmentationMetricAccumulator, binary_metrics
@@ -25,7 +26,7 @@ from ssl4gie.models.dilation import dilate_like_smp
 from ssl4gie.models.pretrained import load_pretrained
 from ssl4gie.tasks.base import Evaluator, Task
 from ssl4gie.utils.io import atomic_path
-from ssl4gie.visualize import save_figure, segmentation_panels
+from ssl4gie.visualize import prediction_panels, save_figure, segmentation_panels
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,21 @@ class SegmentationTask(Task):
     def evaluator(self, keep: int = 0, save_dir: Path | None = None) -> Evaluator:
         return SegmentationEvaluator(self.threshold, keep, save_dir)
 
+    def frame_dataset(self, paths: list[Path]) -> SegmentationFrames:
+        return SegmentationFrames(paths, self.input_size)
+
+    def frame_predictor(self, save_dir: Path, keep: int = 0) -> Evaluator:
+        return SegmentationFramePredictor(self.threshold, save_dir, keep)
+
+    def draw_frames(self, kept, folder):
+        """image | predicted polyp pixels tinted green."""
+        paths = []
+        for item in kept:
+            image = np.asarray(open_image(Path(item["meta"]["image_path"]), "RGB"))
+            fig = prediction_panels(image, item["pred"], title=item["meta"]["file"])
+            paths.append(save_figure(fig, folder / f"{item['meta']['name']}.png"))
+        return paths
+
     def draw(self, kept, folder):
         paths = []
         for item in kept:
@@ -132,6 +148,60 @@ class SegmentationTask(Task):
         return paths
 
 
+def native_prediction(logits: torch.Tensor, size: tuple[int, int], threshold: float) -> torch.Tensor:
+    """1×s×s logits -> bool H×W mask on the CPU: resized bilinearly to ``size`` (H, W), sigmoid > ``threshold``
+    (SPEC 6.3). The one rule for test metrics, ``mode=predict`` masks and predictions on frames."""
+    resized = F.interpolate(logits[None].float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return (torch.sigmoid(resized)[0, 0] > threshold).cpu()
+
+
+def write_mask(path: Path, pred: torch.Tensor) -> Path:
+    """A bool H×W mask as an 8-bit PNG of 0/255, atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(pred.numpy().astype(np.uint8) * 255).save(tmp, format="PNG")
+    return path
+
+
+class SegmentationFrames(FrameDataset):
+    """Frames preprocessed as the evaluation's images: bicubic resize to ``size``² (aspect ratio ignored, as
+    :func:`ssl4gie.data.segmentation.decode_pair`), ImageNet normalisation."""
+
+    def __init__(self, paths: list[Path], size: int) -> None:
+        super().__init__(paths)
+        self.size = size
+
+    def sample(self, image: Image.Image, meta: dict) -> dict:
+        resized = np.asarray(image.resize((self.size, self.size), Image.Resampling.BICUBIC))
+        return {"image": normalize(torch.from_numpy(resized.copy()).permute(2, 0, 1)), "meta": meta}
+
+
+class SegmentationFramePredictor(Evaluator):
+    """Writes ``<stem>.png`` (0/255, the frame's native size) per frame; rows: file, size, polyp fraction."""
+
+    def __init__(self, threshold: float, save_dir: Path, keep: int = 0) -> None:
+        super().__init__(keep, save_dir)
+        self.threshold, self.rows = threshold, []
+
+    def process(self, batch: dict[str, Any], outputs: torch.Tensor) -> None:
+        for logits, meta in zip(outputs, batch["meta"], strict=True):
+            pred = native_prediction(logits, meta["orig_size"], self.threshold)
+            write_mask(self.save_dir / f"{meta['name']}.png", pred)
+            height, width = meta["orig_size"]
+            self.rows.append(
+                {
+                    "file": meta["file"],
+                    "height": height,
+                    "width": width,
+                    "polyp_fraction": float(pred.float().mean()),
+                }
+            )
+            if len(self.kept) < self.keep:
+                self.kept.append({"meta": meta, "pred": pred.numpy()})
+
+    def compute(self) -> tuple[dict[str, float], list[dict]]:
+        return {}, self.rows
+
+
 class SegmentationEvaluator(Evaluator):
     """Logits are resized (bilinear) to each mask's native size, then thresholded (SPEC 6.3)."""
 
@@ -144,12 +214,7 @@ class SegmentationEvaluator(Evaluator):
 
     def process(self, batch: dict[str, Any], outputs: torch.Tensor) -> None:
         for logits, target, meta in zip(outputs, batch["target_native"], batch["meta"], strict=True):
-            prob = torch.sigmoid(
-                F.interpolate(
-                    logits[None].float(), size=tuple(target.shape), mode="bilinear", align_corners=False
-                )
-            )[0, 0]
-            pred = (prob > self.threshold).cpu()
+            pred = native_prediction(logits, tuple(target.shape), self.threshold)
             target = target.cpu()
             row = self.metrics.update(pred, target, meta["name"])
             self.baselines["dice_all_background"].append(
@@ -159,9 +224,7 @@ class SegmentationEvaluator(Evaluator):
             if len(self.kept) < self.keep:
                 self.kept.append({"meta": meta, "target": target.numpy(), "pred": pred.numpy(), "row": row})
             if self.save_dir is not None:
-                self.save_dir.mkdir(parents=True, exist_ok=True)
-                with atomic_path(self.save_dir / f"{meta['name']}.png") as tmp:
-                    Image.fromarray(pred.numpy().astype(np.uint8) * 255).save(tmp, format="PNG")
+                write_mask(self.save_dir / f"{meta['name']}.png", pred)
 
     def compute(self):
         metrics, rows = self.metrics.compute()

@@ -1,0 +1,580 @@
+"""The study's finetuned files as its training scripts save them (SPEC 2.5, 4.8): read with weights_only=True and
+the numpy types of ``loss`` / ``np_state`` allowed, converted into ssl4gie's model, evaluated with ``mode=eval``;
+predictions compared with an independent implementation of the study's classifier on the same weights."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from checkpoint_layouts import random_like, tiny_backbone
+from conftest import compose_config, task_overrides
+from PIL import Image
+
+from ssl4gie.cli import execute
+from ssl4gie.config import instantiate_checked
+from ssl4gie.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ssl4gie.models.checkpoints import CheckpointError
+from ssl4gie.models.checkpoints.study import detect_kind
+
+SIZE = 64  # task.input_size of the FAST overrides
+
+
+def study_file(path, model_state: dict) -> None:
+    """A file with exactly the keys and types of the study's checkpoints (numpy float64 loss, numpy RNG tuple)."""
+    torch.save(
+        {
+            "epoch": 7,
+            "model_state_dict": model_state,
+            "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
+            "scaler_state_dict": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5},
+            "loss": np.float64(0.25),
+            "val_perf": 0.8,
+            "test_perf": 0.7,
+            "py_state": random.getstate(),
+            "np_state": np.random.get_state(),
+            "torch_state": torch.get_rng_state(),
+        },
+        path,
+    )
+
+
+def study_classifier_state(family: str, classes: int) -> dict:
+    """The study's classifier: the backbone's own keys (ResNet fc / ViT head removed) + ``lin_head``."""
+    torch.manual_seed(0)
+    backbone = random_like(tiny_backbone(family, img_size=SIZE).state_dict())
+    width = 256 if family == "resnet" else 32  # tiny ResNet-50: 64 × 4 channels; tiny ViT: embed_dim 32
+    state = {
+        **backbone,
+        "lin_head.weight": torch.randn(classes, width) * 0.1,
+        "lin_head.bias": torch.randn(classes),
+    }
+    if family == "vit":
+        state["decoder_pos_embed"] = torch.zeros(1, (SIZE // 16) ** 2 + 1, 16)  # MAE-derived models carry it
+    return state
+
+
+def independent_probabilities(family: str, state: dict, paths: list[str]) -> np.ndarray:
+    """The study's model and evaluation, written independently: timm's classifier with lin_head as its fc/head,
+    PIL bicubic resize to SIZE², ToTensor, ImageNet normalisation, softmax."""
+    name = {"resnet": "fc", "vit": "head"}[family]
+    model = tiny_backbone(family, img_size=SIZE, num_classes=state["lin_head.weight"].shape[0])
+    weights = {k: v for k, v in state.items() if not k.startswith(("lin_head.", "decoder_pos_embed"))}
+    weights[f"{name}.weight"], weights[f"{name}.bias"] = state["lin_head.weight"], state["lin_head.bias"]
+    model.load_state_dict(weights)
+    model.eval()
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    images = []
+    for path in paths:
+        image = Image.open(path).convert("RGB").resize((SIZE, SIZE), Image.Resampling.BICUBIC)
+        images.append(
+            (torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255 - mean) / std
+        )
+    with torch.no_grad():
+        return torch.softmax(model(torch.stack(images)), dim=1).numpy()
+
+
+@pytest.mark.parametrize("backbone, family", [("resnet50", "resnet"), ("vit_b", "vit")])
+def test_study_classification_file_evaluates_as_their_model(backbone, family, tmp_paths, tmp_path, caplog):
+    overrides = task_overrides("classification", tmp_paths, f"backbone={backbone}")
+    classes = list(compose_config(overrides).dataset.classes)
+    state = study_classifier_state(family, len(classes))
+    path = tmp_path / f"Classification_{backbone}.pt"
+    study_file(path, state)
+    assert detect_kind(state) == ("classification", family)
+    with caplog.at_level("INFO"):
+        execute(compose_config([*overrides, "mode=eval", f"ckpt={path}"], tmp_path / "eval"))
+    dropped = (
+        "1 MAE decoder position embedding (unused by the study's finetuned model), "
+        if family == "vit"
+        else ""
+    )
+    tensors = len(state) - (family == "vit")
+    label = {"resnet": "ResNet-50", "vit": "ViT-B"}[family]
+    assert (
+        f"loaded {tensors} tensors from the study's classification {label} model file {path.name}; dropped by "
+        f"rule: {dropped}9 optimizer/training state" in caplog.text
+    )
+    rows = pd.read_csv(tmp_path / "eval" / "per_image_test.csv")
+    reader = instantiate_checked(compose_config(overrides).dataset)
+    paths = [str(reader.items[i].image) for i in rows["index"]]
+    expected = independent_probabilities(family, state, paths)
+    got = rows[[f"p_{c}" for c in classes]].to_numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_wrong_task_wrong_backbone_and_truncated_study_files_are_refused(tmp_paths, tmp_path):
+    overrides = task_overrides("classification", tmp_paths)
+    classes = len(compose_config(overrides).dataset.classes)
+    path = tmp_path / "resnet_classifier.pt"
+    study_file(path, study_classifier_state("resnet", classes))
+    seg = task_overrides("segmentation", tmp_paths, "mode=eval", f"ckpt={path}")
+    with pytest.raises(
+        CheckpointError,
+        match="looks like the study's classification ResNet-50 model, not the study's segmentation",
+    ):
+        execute(compose_config(seg, tmp_path / "seg"))
+    vit = [*overrides, "backbone=vit_b", "mode=eval", f"ckpt={path}"]
+    with pytest.raises(
+        CheckpointError, match="classification ResNet-50 model, not the study's classification ViT-B"
+    ):
+        execute(compose_config(vit, tmp_path / "vit"))
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(Exception, match="truncated"):
+        execute(compose_config([*overrides, "mode=eval", f"ckpt={truncated}"], tmp_path / "cut"))
+
+
+def test_study_files_of_the_other_kinds_are_recognised_by_their_keys():
+    assert detect_kind(
+        {"rpn.head.conv.weight": 0, "backbone.body.layer1.0.bn1.weight": 0, "backbone.body.conv1.weight": 0}
+    ) == ("detection", "resnet")
+    assert detect_kind(
+        {"encoder.layer1.0.bn1.weight": 0, "encoder.conv1.weight": 0, "segmentation_head.0.weight": 0}
+    ) == ("segmentation", "resnet")
+    vit = {"cls_token": 0, "pos_embed": 0, "patch_embed.proj.weight": 0}
+    assert detect_kind({**vit, "decoder.output_conv.1.weight": 0, "decoder.output_conv.4.weight": 0}) == (
+        "segmentation",
+        "vit",
+    )
+    assert detect_kind({**vit, "decoder.output_conv.2.weight": 0, "decoder.output_conv.4.weight": 0}) == (
+        "depth",
+        "vit",
+    )
+    assert detect_kind(
+        {"layer1.0.bn1.weight": 0, "conv1.weight": 0, "decoder_levels.0.chan_reduce.0.weight": 0}
+    ) == ("depth", "resnet")
+
+
+# ------------------------------------------------------------------------------------------ ViT-B + DPT (dense)
+def study_dpt_names(ours: dict) -> dict:
+    """ssl4gie's EncoderDecoder keys -> the study's (SPEC 4.8), for fabricating a file in their layout."""
+    renames = [("decoder.head.", "decoder.output_conv.")]
+    for level in range(1, 5):
+        renames += [
+            (f"decoder.reassemble.{level - 1}.", f"decoder.act_postprocess{level}2."),
+            (f"decoder.project.{level - 1}.", f"decoder.layer{level}_rn."),
+            (f"decoder.fusion.{level - 1}.skip_unit.", f"decoder.refinenet{level}.resConfUnit1."),
+            (f"decoder.fusion.{level - 1}.unit.", f"decoder.refinenet{level}.resConfUnit2."),
+            (f"decoder.fusion.{level - 1}.out_conv.", f"decoder.refinenet{level}.out_conv."),
+        ]
+    out = {}
+    for key, value in ours.items():
+        new = key.removeprefix("encoder.") if key.startswith("encoder.") else None
+        for a, b in renames:
+            if key.startswith(a):
+                new = b + key.removeprefix(a)
+        out[new] = value
+    return out
+
+
+def study_dpt_forward(sd: dict, feats: list[torch.Tensor], head: str) -> torch.Tensor:
+    """The study's DPT, computed from its own key names with functional ops (SPEC 4.5): reassemble, project,
+    refinenet 4 → 1 (resConfUnit1 on the skip input, resConfUnit2 after the sum, ×2 bilinear align_corners=True,
+    1×1 out_conv), then the head."""
+    import torch.nn.functional as F
+
+    def w(name):
+        return sd[f"decoder.{name}.weight"]
+
+    def b(name):
+        return sd.get(f"decoder.{name}.bias")
+
+    def bn(x, name):
+        return F.batch_norm(
+            x,
+            sd[f"decoder.{name}.running_mean"],
+            sd[f"decoder.{name}.running_var"],
+            w(name),
+            b(name),
+            False,
+            0.0,
+            1e-5,
+        )
+
+    def rcu(x, name):
+        out = F.conv2d(F.relu(x), w(f"{name}.conv1"), b(f"{name}.conv1"), padding=1)
+        if f"decoder.{name}.bn1.weight" in sd:
+            out = bn(out, f"{name}.bn1")
+        out = F.conv2d(F.relu(out), w(f"{name}.conv2"), b(f"{name}.conv2"), padding=1)
+        if f"decoder.{name}.bn2.weight" in sd:
+            out = bn(out, f"{name}.bn2")
+        return out + x
+
+    def fuse(level, x, skip=None, size=None):
+        if skip is not None:
+            x = x + rcu(skip, f"refinenet{level}.resConfUnit1")
+        x = rcu(x, f"refinenet{level}.resConfUnit2")
+        x = F.interpolate(
+            x, size=size, scale_factor=None if size else 2.0, mode="bilinear", align_corners=True
+        )
+        return F.conv2d(x, w(f"refinenet{level}.out_conv"), b(f"refinenet{level}.out_conv"))
+
+    f1, f2, f3, f4 = feats
+    a1 = F.conv_transpose2d(
+        F.conv2d(f1, w("act_postprocess12.0"), b("act_postprocess12.0")),
+        w("act_postprocess12.1"),
+        b("act_postprocess12.1"),
+        stride=4,
+    )
+    a2 = F.conv_transpose2d(
+        F.conv2d(f2, w("act_postprocess22.0"), b("act_postprocess22.0")),
+        w("act_postprocess22.1"),
+        b("act_postprocess22.1"),
+        stride=2,
+    )
+    a3 = F.conv2d(f3, w("act_postprocess32.0"), b("act_postprocess32.0"))
+    a4 = F.conv2d(
+        F.conv2d(f4, w("act_postprocess42.0"), b("act_postprocess42.0")),
+        w("act_postprocess42.1"),
+        b("act_postprocess42.1"),
+        stride=2,
+        padding=1,
+    )
+    l1, l2, l3, l4 = (
+        F.conv2d(a, w(f"layer{i}_rn"), padding=1) for i, a in enumerate((a1, a2, a3, a4), start=1)
+    )
+    path = fuse(4, l4, size=l3.shape[-2:])
+    path = fuse(3, path, l3, size=l2.shape[-2:])
+    path = fuse(2, path, l2, size=l1.shape[-2:])
+    path = fuse(1, path, l1)
+    up = {"scale_factor": 2.0, "mode": "bilinear", "align_corners": True}
+    if head == "segmentation":
+        out = F.relu(bn(F.conv2d(path, w("output_conv.0"), None, padding=1), "output_conv.1"))
+        return F.interpolate(F.conv2d(out, w("output_conv.4"), b("output_conv.4")), **up)
+    out = F.interpolate(F.conv2d(path, w("output_conv.0"), b("output_conv.0"), padding=1), **up)
+    out = F.relu(F.conv2d(out, w("output_conv.2"), b("output_conv.2"), padding=1))
+    return torch.sigmoid(F.conv2d(out, w("output_conv.4"), b("output_conv.4")))
+
+
+@pytest.mark.parametrize("task", ["segmentation", "depth"])
+def test_study_vit_dense_file_equals_their_dpt(task, tmp_paths, tmp_path, caplog):
+    from ssl4gie.engine.checkpoint import read_model_checkpoint
+    from ssl4gie.models.backbone import intermediates
+    from ssl4gie.models.checkpoints.study import check_against
+
+    overrides = task_overrides(task, tmp_paths, "backbone=vit_b")
+    cfg = compose_config(overrides)
+    model = instantiate_checked(cfg.task, _recursive_=False).build_model(
+        cfg.backbone, cfg.pretraining, False, str(tmp_path)
+    )
+    torch.manual_seed(1)
+    study = study_dpt_names(
+        {k: v for k, v in random_like(model.state_dict()).items() if "num_batches_tracked" not in k}
+    )
+    for key, value in list(study.items()):  # the coarsest block's unit that never runs is in their files
+        if key.startswith("decoder.refinenet3.resConfUnit1."):
+            study[key.replace("refinenet3", "refinenet4")] = torch.randn_like(value)
+    study["decoder_pos_embed"] = torch.zeros(1, 17, 16)
+    for key in [k for k in study if k.endswith("running_var")]:
+        study[key] = study[key].abs() + 0.5
+    path = tmp_path / f"{task}_vit.pt"
+    study_file(path, study)
+    assert detect_kind(study) == (task, "vit")
+
+    ckpt = read_model_checkpoint(path, task, "vit")
+    check_against(model, ckpt["model"], path)
+    model.load_state_dict(ckpt["model"], strict=False)
+    assert "1 MAE decoder position embedding" in ckpt["receipt"]
+    assert "DPT fusion unit the study never runs" in ckpt["receipt"]
+    model.eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        ours = model(x)
+        vit = tiny_backbone("vit", img_size=SIZE)
+        vit.load_state_dict({k: v for k, v in study.items() if not k.startswith("decoder")})
+        vit.eval()
+        feats = intermediates(vit, x, model.indices)
+        theirs = study_dpt_forward(study, feats, task)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+    with caplog.at_level("INFO"):  # and through the command line
+        execute(compose_config([*overrides, "mode=eval", f"ckpt={path}"], tmp_path / "eval"))
+    assert f"from the study's {task} ViT-B model file {path.name}" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ ResNet-50 depth
+def study_resnet_depth_names(ours: dict) -> dict:
+    out = {}
+    for key, value in ours.items():
+        if key.startswith("encoder."):
+            out[key.removeprefix("encoder.")] = value
+        elif key.startswith("decoder.head."):
+            out["output_conv." + key.removeprefix("decoder.head.")] = value
+        else:
+            new = "decoder_levels." + key.removeprefix("decoder.levels.")
+            for a, b in (
+                (".reduce.", ".chan_reduce."),
+                (".residual.", ".process."),
+                (".shortcut.", ".identity."),
+            ):
+                new = new.replace(a, b)
+            out[new] = value
+    return out
+
+
+def study_resnet_depth_forward(sd: dict, feats: list[torch.Tensor]) -> torch.Tensor:
+    """The study's ResNet_from_Any depth decoder from its own key names (SPEC 4.4): per level, reduce (Conv1×1 +
+    BN) the coarse map, ×2 bilinear (align_corners=True), concat (upsampled, skip), three bottlenecks; then the
+    head."""
+    import torch.nn.functional as F
+
+    def conv(x, name, **kw):
+        return F.conv2d(x, sd[f"{name}.weight"], sd.get(f"{name}.bias"), **kw)
+
+    def bn(x, name):
+        return F.batch_norm(
+            x,
+            sd[f"{name}.running_mean"],
+            sd[f"{name}.running_var"],
+            sd[f"{name}.weight"],
+            sd[f"{name}.bias"],
+            False,
+            0.0,
+            1e-5,
+        )
+
+    def block(x, name):
+        p = f"{name}.process"
+        r = F.relu(bn(conv(x, f"{p}.0"), f"{p}.1"))
+        r = F.relu(bn(conv(r, f"{p}.3", padding=1), f"{p}.4"))
+        r = bn(conv(r, f"{p}.6"), f"{p}.7")
+        shortcut = (
+            bn(conv(x, f"{name}.identity.0"), f"{name}.identity.1")
+            if f"{name}.identity.0.weight" in sd
+            else x
+        )
+        return F.relu(r + shortcut)
+
+    up = {"scale_factor": 2.0, "mode": "bilinear", "align_corners": True}
+    out = feats[3]
+    for level, skip in enumerate((feats[2], feats[1], feats[0])):
+        name = f"decoder_levels.{level}"
+        x = torch.cat(
+            [F.interpolate(bn(conv(out, f"{name}.chan_reduce.0"), f"{name}.chan_reduce.1"), **up), skip], 1
+        )
+        for j in range(3):
+            x = block(x, f"{name}.blocks.{j}")
+        out = x
+    out = conv(F.interpolate(out, **up), "output_conv.1", padding=1)
+    out = F.relu(conv(F.interpolate(out, **up), "output_conv.3", padding=1))
+    return torch.sigmoid(conv(out, "output_conv.5"))
+
+
+def test_study_resnet_depth_file_equals_their_decoder(tmp_paths, tmp_path, caplog):
+    from ssl4gie.engine.checkpoint import read_model_checkpoint
+    from ssl4gie.models.checkpoints.study import check_against
+
+    overrides = task_overrides("depth", tmp_paths, "backbone=resnet50")
+    cfg = compose_config(overrides)
+    model = instantiate_checked(cfg.task, _recursive_=False).build_model(
+        cfg.backbone, cfg.pretraining, False, str(tmp_path)
+    )
+    torch.manual_seed(2)
+    study = study_resnet_depth_names(random_like(model.state_dict()))
+    for key in [k for k in study if k.endswith("running_var")]:
+        study[key] = study[key].abs() + 0.5
+    path = tmp_path / "depth_resnet.pt"
+    study_file(path, study)
+    assert detect_kind(study) == ("depth", "resnet")
+    ckpt = read_model_checkpoint(path, "depth", "resnet")
+    check_against(model, ckpt["model"], path)
+    model.load_state_dict(ckpt["model"], strict=False)
+    model.eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        encoder = tiny_backbone("resnet")
+        encoder.load_state_dict(
+            {k: v for k, v in study.items() if not k.startswith(("decoder_levels", "output_conv"))}
+        )
+        encoder.eval()
+        feats = encoder.forward_intermediates(x, indices=[1, 2, 3, 4], intermediates_only=True)
+        torch.testing.assert_close(model(x), study_resnet_depth_forward(study, feats), atol=1e-5, rtol=1e-4)
+    with caplog.at_level("INFO"):
+        execute(compose_config([*overrides, "mode=eval", f"ckpt={path}"], tmp_path / "eval"))
+    assert f"from the study's depth ResNet-50 model file {path.name}" in caplog.text
+
+
+# ------------------------------------------------------------------------- ResNet-50 segmentation (smp DeepLabV3+)
+SMP_NAMES = (  # ssl4gie -> smp 0.3.2 (SPEC 4.7), for fabricating a file in their layout
+    ("decoder.aspp.branches.4.conv.", "decoder.aspp.0.convs.4.1."),
+    ("decoder.aspp.branches.4.bn.", "decoder.aspp.0.convs.4.2."),
+    ("decoder.aspp.branches.", "decoder.aspp.0.convs."),
+    ("decoder.aspp.project.", "decoder.aspp.0.project."),
+    ("decoder.aspp_out.0.", "decoder.aspp.1."),
+    ("decoder.aspp_out.1.", "decoder.aspp.2."),
+    ("decoder.low_proj.", "decoder.block1."),
+    ("decoder.fuse.", "decoder.block2."),
+    ("decoder.head.", "segmentation_head.0."),
+    ("encoder.", "encoder."),
+)
+
+
+def smp_deeplab_forward(sd: dict, layer1: torch.Tensor, layer4: torch.Tensor) -> torch.Tensor:
+    """smp 0.3.2's DeepLabV3+ decoder and head (eval mode) from smp's own key names, with functional ops."""
+    import torch.nn.functional as F
+
+    def conv(x, name, **kw):
+        return F.conv2d(x, sd[f"{name}.weight"], sd.get(f"{name}.bias"), **kw)
+
+    def bn_relu(x, name):
+        return F.relu(
+            F.batch_norm(
+                x,
+                sd[f"{name}.running_mean"],
+                sd[f"{name}.running_var"],
+                sd[f"{name}.weight"],
+                sd[f"{name}.bias"],
+                False,
+                0.0,
+                1e-5,
+            )
+        )
+
+    def separable(x, name, dilation=1):  # depthwise 3×3 (groups = channels), then pointwise 1×1
+        x = conv(x, f"{name}.0", padding=dilation, dilation=dilation, groups=x.shape[1])
+        return conv(x, f"{name}.1")
+
+    aspp = "decoder.aspp.0.convs"
+    branches = [bn_relu(conv(layer4, f"{aspp}.0.0"), f"{aspp}.0.1")]
+    for i, rate in zip((1, 2, 3), (12, 24, 36), strict=True):
+        branches.append(bn_relu(separable(layer4, f"{aspp}.{i}.0", rate), f"{aspp}.{i}.1"))
+    pooled = bn_relu(conv(layer4.mean(dim=(2, 3), keepdim=True), f"{aspp}.4.1"), f"{aspp}.4.2")
+    branches.append(F.interpolate(pooled, size=layer4.shape[-2:], mode="bilinear", align_corners=False))
+    x = bn_relu(conv(torch.cat(branches, 1), "decoder.aspp.0.project.0"), "decoder.aspp.0.project.1")
+    x = bn_relu(separable(x, "decoder.aspp.1"), "decoder.aspp.2")
+    x = F.interpolate(x, scale_factor=4.0, mode="bilinear", align_corners=True)
+    high = bn_relu(conv(layer1, "decoder.block1.0"), "decoder.block1.1")
+    x = bn_relu(separable(torch.cat([x, high], 1), "decoder.block2.0"), "decoder.block2.1")
+    return F.interpolate(
+        conv(x, "segmentation_head.0"), scale_factor=4.0, mode="bilinear", align_corners=True
+    )
+
+
+def test_study_resnet_segmentation_file_equals_smp_deeplabv3plus(tmp_paths, tmp_path, caplog):
+    from ssl4gie.engine.checkpoint import read_model_checkpoint
+    from ssl4gie.models.checkpoints.study import check_against
+
+    overrides = task_overrides("segmentation", tmp_paths, "backbone=resnet50")
+    cfg = compose_config(overrides)
+    model = instantiate_checked(cfg.task, _recursive_=False).build_model(
+        cfg.backbone, cfg.pretraining, False, str(tmp_path)
+    )
+    torch.manual_seed(3)
+    study = {}
+    for key, value in random_like(model.state_dict()).items():
+        old, new = next((o, n) for o, n in SMP_NAMES if key.startswith(o))
+        study[new + key.removeprefix(old)] = value.abs() + 0.5 if key.endswith("running_var") else value
+    path = tmp_path / "segmentation_resnet.pt"
+    study_file(path, study)
+    assert detect_kind(study) == ("segmentation", "resnet")
+    ckpt = read_model_checkpoint(path, "segmentation", "resnet")
+    check_against(model, ckpt["model"], path)
+    model.load_state_dict(ckpt["model"], strict=False)
+    model.eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        encoder = tiny_backbone("resnet")
+        for (
+            conv
+        ) in encoder.layer4.modules():  # smp's output stride 16: every layer4 conv at stride 1, dilation 2
+            if isinstance(conv, torch.nn.Conv2d):
+                k = conv.kernel_size[0]
+                conv.stride, conv.dilation, conv.padding = (1, 1), (2, 2), ((k // 2) * 2, (k // 2) * 2)
+        encoder.load_state_dict(
+            {k.removeprefix("encoder."): v for k, v in study.items() if k.startswith("encoder.")}
+        )
+        encoder.eval()
+        layer1, layer4 = encoder.forward_intermediates(x, indices=[1, 4], intermediates_only=True)
+        torch.testing.assert_close(model(x), smp_deeplab_forward(study, layer1, layer4), atol=1e-5, rtol=1e-4)
+    with caplog.at_level("INFO"):
+        execute(compose_config([*overrides, "mode=eval", f"ckpt={path}"], tmp_path / "eval"))
+    assert f"from the study's segmentation ResNet-50 model file {path.name}" in caplog.text
+
+
+# --------------------------------------------------------------------------------- ResNet-50-FPN Faster R-CNN
+def test_study_resnet_detector_file_equals_torchvisions_model(tmp_paths, tmp_path, caplog):
+    """Their torchvision 0.10 Faster R-CNN (version-1 FPN / RPN names, FrozenBatchNorm) against torchvision's own
+    model built as the study built it, which upgrades the version-1 names itself."""
+    from torchvision.models import resnet50
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from ssl4gie.engine.checkpoint import read_model_checkpoint
+    from ssl4gie.models.checkpoints.study import check_against
+
+    size = {"min_size": 64, "max_size": 128, "box_score_thresh": 0.0}  # random weights score low
+    reference = FasterRCNN(
+        _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 5),
+        num_classes=2,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        **size,
+    )
+    torch.manual_seed(4)
+    study = {}
+    # torchvision's own initialisation (randn everywhere would overflow 50 layers), frozen statistics made non-trivial
+    for key, value in reference.state_dict().items():
+        if key.endswith(("running_var", "bn1.weight", "bn2.weight", "bn3.weight")):
+            value = torch.rand_like(value) * 0.2 + 0.9
+        elif key.endswith(("running_mean", "bn1.bias", "bn2.bias", "bn3.bias")):
+            value = torch.randn_like(value) * 0.01
+        key = key.replace(".0.weight", ".weight").replace(".0.bias", ".bias") if ".fpn." in key else key
+        study[key.replace("rpn.head.conv.0.0.", "rpn.head.conv.")] = value  # torchvision 0.10's names
+    assert "backbone.fpn.inner_blocks.0.weight" in study and "rpn.head.conv.weight" in study
+    path = tmp_path / "detection_resnet.pt"
+    study_file(path, study)
+    assert detect_kind(study) == ("detection", "resnet")
+
+    overrides = [
+        o
+        for o in task_overrides("detection", tmp_paths)
+        if not o.startswith(("task.fpn_channels", "task.rois", "backbone.tiny"))
+    ]
+    overrides += [
+        "task.min_size=64",
+        "task.max_size=128",
+        "task.score_threshold=0.0",
+        "mode=eval",
+        f"ckpt={path}",
+    ]
+    with caplog.at_level(
+        "INFO"
+    ):  # through the command line: the study's frozen BatchNorm is picked for their file
+        execute(compose_config(overrides, tmp_path / "eval"))
+    assert "the study's detector: frozen BatchNorm" in caplog.text
+    assert f"from the study's detection ResNet-50 model file {path.name}" in caplog.text
+
+    cfg = compose_config(overrides)
+    task = instantiate_checked(cfg.task, _recursive_=False)
+    task.use_study_model()
+    model = task.build_model(cfg.backbone, cfg.pretraining, False, str(tmp_path))
+    ckpt = read_model_checkpoint(path, "detection", "resnet")
+    check_against(model, ckpt["model"], path)
+    model.load_state_dict(ckpt["model"], strict=False)
+    reference.load_state_dict(study)  # a plain dict has no version metadata: torchvision renames the v1 keys
+    images = [torch.rand(3, 80, 112), torch.rand(3, 128, 96)]
+    model.eval(), reference.eval()
+    with torch.no_grad():
+        ours, theirs = model(images), reference(images)
+    for a, b in zip(ours, theirs, strict=True):
+        assert len(b["boxes"]) > 0
+        torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(a["scores"], b["scores"], atol=1e-5, rtol=1e-4)
+
+
+def test_a_study_vit_detector_file_is_refused_with_what_is_supported(tmp_path):
+    from ssl4gie.models.checkpoints.study import to_ssl4gie
+
+    state = {"backbone.pos_embed": torch.zeros(1), "backbone.patch_embed.proj.weight": torch.zeros(1)}
+    state["rpn.head.conv.weight"] = torch.zeros(1)
+    assert detect_kind(state) == ("detection", "vit")
+    with pytest.raises(
+        CheckpointError,
+        match="is the study's detection ViT-B model; ssl4gie converts the study's .*detection ResNet-50",
+    ):
+        to_ssl4gie({"model_state_dict": state, "epoch": 1}, "detection", "vit", tmp_path / "f.pt")
