@@ -157,6 +157,8 @@ def execute(cfg: DictConfig) -> float | None:
         "device": str(trainer.device),
         "world_size": dist_env.world_size,
         "monitor": task.monitor,
+        # the metrics' formulas (task.protocol); a task without the option has only ours
+        "protocol": getattr(task, "protocol", "ssl4gie"),
     }
     metrics: dict = {}
     if cfg.mode == "train":

@@ -150,8 +150,23 @@ def decode_pair(item: SegmentationItem, size: int) -> dict[str, np.ndarray]:
     return {"image": np.asarray(image), "mask": np.asarray(mask)}
 
 
-def native_mask(item: SegmentationItem) -> torch.Tensor:
-    """The mask at its native resolution, binarised at half intensity (JPEG masks are not exactly 0/255)."""
+MASK_RULES = ("ssl4gie", "study")
+# torchvision's rgb_to_grayscale weights, which the study's Grayscale applies to ToTensor's [0, 1] floats
+_STUDY_LUMA = np.array([0.2989, 0.587, 0.114], dtype=np.float32)
+
+
+def native_mask(item: SegmentationItem, rule: str = "ssl4gie") -> torch.Tensor:
+    """The mask at its native resolution as a bool H×W tensor, binarised at half intensity (JPEG masks are not
+    exactly 0/255). ``rule="ssl4gie"``: PIL's "L" conversion > 127. ``rule="study"``: the study's eval reading
+    (SPEC 6.3): RGB / 255 in float32, torchvision's luma weights, > 0.5; the two differ only for coloured pixels
+    whose luma lies within rounding of the threshold."""
+    if rule == "study":
+        rgb = np.asarray(open_image(item.mask, "RGB"), dtype=np.float32) / np.float32(255)
+        r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+        luma = r * _STUDY_LUMA[0] + g * _STUDY_LUMA[1] + b * _STUDY_LUMA[2]  # torchvision's order of the sum
+        return torch.from_numpy(luma > 0.5)
+    if rule != "ssl4gie":
+        raise ValueError(f"mask rule must be one of {MASK_RULES}, got {rule!r}")
     return torch.from_numpy(np.asarray(open_image(item.mask, "L")) > 127)
 
 
@@ -171,8 +186,11 @@ class SegmentationDataset(Dataset):
         cache_dir: str | None,
         progress: bool = True,
         device_augment: bool = False,
+        mask_rule: str = "ssl4gie",
     ) -> None:
-        """``device_augment``: leave training samples un-augmented uint8 (the task augments them on the GPU)."""
+        """``device_augment``: leave training samples un-augmented uint8 (the task augments them on the GPU).
+        ``mask_rule``: how ``target_native`` is binarised (:func:`native_mask`)."""
+        self.mask_rule = mask_rule
         self.items = [reader.items[i] for i in indices]
         self.indices, self.size, self.train = list(indices), size, train
         self.transform = SegmentationTrainTransform() if train and not device_augment else None
@@ -207,5 +225,5 @@ class SegmentationDataset(Dataset):
             "meta": {"name": item.name, "index": self.indices[i], "image_path": str(item.image)},
         }
         if not self.train:
-            sample["target_native"] = native_mask(item)
+            sample["target_native"] = native_mask(item, self.mask_rule)
         return sample

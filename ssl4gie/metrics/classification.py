@@ -3,7 +3,8 @@
 The study smoothed every ratio as (TP + 1e-8) / (count + 1e-8), so a class absent from the test split and never
 predicted scored F1 = 2 and precision = recall = 1, inflating the macro averages (SPEC §6.1, §11 item 14).
 Here every ratio with a zero denominator is 0, as scikit-learn does with ``zero_division=0``, and the macro
-average by default skips classes that have nothing to be scored on.
+average by default skips classes that have nothing to be scored on. ``protocol="study"`` reproduces the study's
+smoothed formulas instead (``task.protocol=study``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 ArrayLike = np.ndarray | torch.Tensor | Sequence[int]
 
 _AVERAGE_OVER = ("present", "all")
+PROTOCOLS = ("ssl4gie", "study")  # task.protocol: explicit zero division (ours) or the study's smoothing
+STUDY_SMOOTH = 1e-8  # the study's ``smooth`` (Classification/Metrics)
 
 
 def _as_labels(values: ArrayLike, name: str, num_classes: int) -> np.ndarray:
@@ -66,6 +69,7 @@ def classification_metrics(
     class_names: Sequence[str] | None = None,
     *,
     average_over: Literal["present", "all"] = "present",
+    protocol: Literal["ssl4gie", "study"] = "ssl4gie",
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """Overall accuracy and macro precision / recall / F1, plus a per-class table.
 
@@ -85,6 +89,11 @@ def classification_metrics(
       precision 0 and F1 0: those predictions are all wrong.
     * ``"all"``: every one of the ``num_classes`` classes; absent ones contribute 0 to every mean.
 
+    ``protocol="study"`` (needs ``average_over="all"``, the study's mean over every class) replaces the three
+    ratios by the study's smoothed ones (SPEC 6.1), s = 1e-8: precision_c = (TP_c + s)/(P_c + s), recall_c =
+    (TP_c + s)/(T_c + s), f1_c = 2(TP_c + s)/(P_c + T_c + s); an absent, never-predicted class scores F1 = 2.
+    Accuracy is the same under both.
+
     Returns ``(metrics, table)``. ``metrics`` has ``accuracy`` (fraction of correct predictions), ``precision``,
     ``recall``, ``f1`` (macro means) and ``n_classes_scored`` (how many classes the means ran over, as a
     float). ``table`` has one row per class with columns ``class_id``, ``class``, ``support``, ``predicted``,
@@ -93,6 +102,10 @@ def classification_metrics(
     """
     if average_over not in _AVERAGE_OVER:
         raise ValueError(f"average_over must be one of {_AVERAGE_OVER}, got {average_over!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "study" and average_over != "all":
+        raise ValueError("protocol='study' averages over all classes: average_over must be 'all'")
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"class_names has {len(class_names)} entries but num_classes={num_classes}")
     matrix = confusion_matrix(y_true, y_pred, num_classes)
@@ -103,9 +116,15 @@ def classification_metrics(
     tp = np.diag(matrix)
     support = matrix.sum(axis=1)
     predicted = matrix.sum(axis=0)
-    precision = _safe_ratio(tp, predicted)
-    recall = _safe_ratio(tp, support)
-    f1 = _safe_ratio(2 * tp, support + predicted)
+    if protocol == "study":
+        smooth = STUDY_SMOOTH
+        precision = (tp + smooth) / (predicted + smooth)
+        recall = (tp + smooth) / (support + smooth)
+        f1 = 2 * (tp + smooth) / (predicted + support + smooth)
+    else:
+        precision = _safe_ratio(tp, predicted)
+        recall = _safe_ratio(tp, support)
+        f1 = _safe_ratio(2 * tp, support + predicted)
     scored = (support + predicted) > 0 if average_over == "present" else np.ones(num_classes, dtype=bool)
 
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]

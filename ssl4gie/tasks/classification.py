@@ -3,7 +3,8 @@
 Model: a timm backbone without classifier (pooled ResNet features, or the ViT's CLS token after the final
 norm) and one linear layer. Loss: class-weighted cross-entropy, weights from the **training split only** by
 default (the study used all splits, SPEC 11 item 13). Metrics: accuracy and macro precision/recall/F1 with
-explicit zero-division handling (the study's smoothing scored an absent class F1 = 2, SPEC 11 item 14).
+explicit zero-division handling (the study's smoothing scored an absent class F1 = 2, SPEC 11 item 14;
+``task.protocol=study`` reproduces it).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 # Where the class weights of the loss come from (task.class_weights).
 WEIGHT_SOURCES = ("train", "all", "none")  # all = the study (every split, SPEC 3.1); none = plain mean CE
 MACRO_OVER = ("present", "all")  # see ssl4gie.metrics.classification.classification_metrics
+PROTOCOLS = ("ssl4gie", "study")  # task.protocol: the metrics' formulas (ours, or the study's smoothed ones)
 
 
 class Classifier(BackboneModel):
@@ -73,7 +75,10 @@ class ClassificationTask(Task):
     """``classes``: the class names in id order (``dataset.classes``); the reader must find exactly these.
 
     ``class_weights``: ``train`` (weights from the training split), ``all`` (every split, as the study) or
-    ``none``. ``macro_over``: the classes the macro means run over (``present`` or ``all``).
+    ``none``. ``protocol``: ``ssl4gie`` (explicit zero division) or ``study`` (the study's eval_classification.py,
+    SPEC 6.1: 1e-8-smoothed ratios averaged over every class, so an absent, never-predicted class scores F1 = 2).
+    ``macro_over``: the classes the macro means run over (``present`` or ``all``); ``None`` = the protocol's
+    (``present`` for ssl4gie, ``all`` for study); ``present`` with ``study`` is a ConfigError.
     """
 
     def __init__(
@@ -85,7 +90,8 @@ class ClassificationTask(Task):
         augment: bool,
         classes: Sequence[str] | None,
         class_weights: str = "train",
-        macro_over: str = "present",
+        macro_over: str | None = None,
+        protocol: str = "ssl4gie",
     ) -> None:
         if not classes:
             raise ConfigError(
@@ -96,8 +102,20 @@ class ClassificationTask(Task):
             raise ConfigError(
                 f"task.class_weights={class_weights} is not valid; valid: {', '.join(WEIGHT_SOURCES)}"
             )
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"task.protocol={protocol} is not valid; valid: {', '.join(PROTOCOLS)}")
+        if macro_over is None:
+            macro_over = "all" if protocol == "study" else "present"
         if macro_over not in MACRO_OVER:
-            raise ConfigError(f"task.macro_over={macro_over} is not valid; valid: {', '.join(MACRO_OVER)}")
+            raise ConfigError(
+                f"task.macro_over={macro_over} is not valid; valid: {', '.join(MACRO_OVER)} (or null)"
+            )
+        if protocol == "study" and macro_over != "all":
+            raise ConfigError(
+                f"task.macro_over={macro_over} contradicts task.protocol=study, which averages over every class; "
+                "valid: task.macro_over=all or null"
+            )
+        self.protocol = protocol
         self.name, self.monitor, self.monitor_mode = name, monitor, monitor_mode
         self.input_size = int(input_size)
         self.augment, self.classes = augment, [str(c) for c in classes]
@@ -170,7 +188,7 @@ class ClassificationTask(Task):
         return model(batch["image"]).float()
 
     def evaluator(self, keep: int = 0, save_dir: Path | None = None) -> Evaluator:
-        return ClassificationEvaluator(self.classes, self.macro_over, keep, save_dir)
+        return ClassificationEvaluator(self.classes, self.macro_over, keep, save_dir, self.protocol)
 
     def draw(self, kept, folder):
         """Confusion matrix (``folder/confusion_matrix.png``), example images with true/predicted class
@@ -217,10 +235,17 @@ class ClassificationEvaluator(Evaluator):
     """
 
     def __init__(
-        self, classes: Sequence[str], macro_over: str, keep: int = 0, save_dir: Path | None = None
+        self,
+        classes: Sequence[str],
+        macro_over: str,
+        keep: int = 0,
+        save_dir: Path | None = None,
+        protocol: str = "ssl4gie",
     ) -> None:
+        """``macro_over`` and ``protocol``: as :func:`ssl4gie.metrics.classification.classification_metrics`'s
+        ``average_over`` and ``protocol``."""
         super().__init__(keep, save_dir)
-        self.classes, self.macro_over = list(classes), macro_over
+        self.classes, self.macro_over, self.protocol = list(classes), macro_over, protocol
         self.true: list[torch.Tensor] = []
         self.probs: list[torch.Tensor] = []
         self.metas: list[dict] = []
@@ -235,7 +260,9 @@ class ClassificationEvaluator(Evaluator):
         true = torch.cat(self.true).numpy()
         pred = probs.argmax(axis=1)
         n = len(self.classes)
-        metrics, table = classification_metrics(true, pred, n, self.classes, average_over=self.macro_over)
+        metrics, table = classification_metrics(
+            true, pred, n, self.classes, average_over=self.macro_over, protocol=self.protocol
+        )
         rows = []
         for meta, t, p, prob in zip(self.metas, true, pred, probs, strict=True):
             rows.append(

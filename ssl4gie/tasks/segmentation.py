@@ -20,7 +20,7 @@ from ssl4gie.data.segmentation import SegmentationDataset
 from ssl4gie.data.transforms import SegmentationTrainTransform, normalize
 from ssl4gie.errors import ConfigError
 from ssl4gie.losses import soft_dice_loss
-from ssl4gie.metrics.segmentation import SegmentationMetricAccumulator, binary_metrics
+from ssl4gie.metrics.segmentation import PROTOCOLS, SegmentationMetricAccumulator, binary_metrics
 from ssl4gie.models.backbone import EncoderDecoder, create_backbone, evenly_spaced_indices, feature_channels
 from ssl4gie.models.dilation import dilate_like_smp
 from ssl4gie.models.pretrained import load_pretrained
@@ -65,6 +65,12 @@ def build_dense_model(
 
 
 class SegmentationTask(Task):
+    """``protocol``: how validation and test masks are read and scored. ``ssl4gie``: masks in PIL's "L" > 127,
+    empty masks scored by explicit rules (:mod:`ssl4gie.metrics.segmentation`). ``study``: the study's
+    eval_segmentation.py (SPEC 6.3): masks as RGB, luma greyscale in [0, 1] > 0.5, the 1e-8-smoothed ratios; it
+    needs ``threshold`` 0.5, the study's. Both resize logits bilinearly to the native mask size and score per image.
+    """
+
     def __init__(
         self,
         name: str,
@@ -74,7 +80,16 @@ class SegmentationTask(Task):
         threshold: float,
         augment: bool,
         decoder: DictConfig,
+        protocol: str = "ssl4gie",
     ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"task.protocol={protocol} is not valid; valid: {', '.join(PROTOCOLS)}")
+        if protocol == "study" and threshold != 0.5:
+            raise ConfigError(
+                f"task.threshold={threshold} contradicts task.protocol=study, which thresholds sigmoid at 0.5; "
+                "valid: task.threshold=0.5 or task.protocol=ssl4gie"
+            )
+        self.protocol = protocol
         self.name, self.input_size, self.monitor, self.monitor_mode = name, input_size, monitor, monitor_mode
         self.threshold, self.augment, self.decoders = threshold, augment, decoder
         self.augment_on_device = False  # set by the CLI on CUDA: augment batches on the GPU, not in workers
@@ -96,6 +111,7 @@ class SegmentationTask(Task):
                 cache_dir=cache_dir,
                 progress=progress,
                 device_augment=self.augment_on_device,
+                mask_rule=self.protocol,
             )
             for s in splits
         }
@@ -117,7 +133,7 @@ class SegmentationTask(Task):
         return model(batch["image"]).float()
 
     def evaluator(self, keep: int = 0, save_dir: Path | None = None) -> Evaluator:
-        return SegmentationEvaluator(self.threshold, keep, save_dir)
+        return SegmentationEvaluator(self.threshold, keep, save_dir, self.protocol)
 
     def frame_dataset(self, paths: list[Path]) -> SegmentationFrames:
         return SegmentationFrames(paths, self.input_size)
@@ -203,12 +219,15 @@ class SegmentationFramePredictor(Evaluator):
 
 
 class SegmentationEvaluator(Evaluator):
-    """Logits are resized (bilinear) to each mask's native size, then thresholded (SPEC 6.3)."""
+    """Logits are resized (bilinear) to each mask's native size, then thresholded (SPEC 6.3); metrics and the
+    trivial baselines by ``protocol`` (:func:`ssl4gie.metrics.segmentation.binary_metrics`)."""
 
-    def __init__(self, threshold: float, keep: int = 0, save_dir: Path | None = None) -> None:
+    def __init__(
+        self, threshold: float, keep: int = 0, save_dir: Path | None = None, protocol: str = "ssl4gie"
+    ) -> None:
         super().__init__(keep, save_dir)
-        self.threshold = threshold
-        self.metrics = SegmentationMetricAccumulator()
+        self.threshold, self.protocol = threshold, protocol
+        self.metrics = SegmentationMetricAccumulator(protocol)
         # Dice of the two trivial answers, to read the model's Dice against (printed beside it).
         self.baselines: dict[str, list[float]] = {"dice_all_background": [], "dice_all_polyp": []}
 
@@ -218,9 +237,11 @@ class SegmentationEvaluator(Evaluator):
             target = target.cpu()
             row = self.metrics.update(pred, target, meta["name"])
             self.baselines["dice_all_background"].append(
-                binary_metrics(torch.zeros_like(target), target)["dice"]
+                binary_metrics(torch.zeros_like(target), target, self.protocol)["dice"]
             )
-            self.baselines["dice_all_polyp"].append(binary_metrics(torch.ones_like(target), target)["dice"])
+            self.baselines["dice_all_polyp"].append(
+                binary_metrics(torch.ones_like(target), target, self.protocol)["dice"]
+            )
             if len(self.kept) < self.keep:
                 self.kept.append({"meta": meta, "target": target.numpy(), "pred": pred.numpy(), "row": row})
             if self.save_dir is not None:

@@ -84,3 +84,55 @@ def test_bad_arguments_are_named():
         classification_metrics([0], [0], num_classes=2, class_names=["only-one"])
     with pytest.raises(ValueError, match="empty"):
         classification_metrics([], [], num_classes=2)
+
+
+# ----------------------------------------------------------------------------- protocol=study (SPEC 6.1)
+def study_formulas(y_true, y_pred, n_class: int) -> dict[str, float]:
+    """The study's macro metrics over all n_class classes with s = 1e-8, written out independently."""
+    s = 1e-8
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    f1 = prec = rec = 0.0
+    for c in range(n_class):
+        tp, n_p, n_t = float(((p == c) & (t == c)).sum()), float((p == c).sum()), float((t == c).sum())
+        f1 += 2 * (tp + s) / (n_p + n_t + s)
+        prec += (tp + s) / (n_p + s)
+        rec += (tp + s) / (n_t + s)
+    return {
+        "f1": f1 / n_class,
+        "precision": prec / n_class,
+        "recall": rec / n_class,
+        "accuracy": float((t == p).mean()),
+    }
+
+
+@pytest.mark.parametrize(
+    "y_true, y_pred, n_class",
+    [
+        ([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3),
+        ([0, 0, 1, 1], [0, 1, 1, 1], 4),  # classes 2 and 3 absent and never predicted
+        ([0, 0, 1, 1], [0, 3, 1, 1], 4),  # class 3 absent but predicted once
+        ([2, 2, 2], [2, 2, 2], 3),
+    ],
+)
+def test_study_protocol_equals_the_studys_formulas(y_true, y_pred, n_class):
+    metrics, table = classification_metrics(y_true, y_pred, n_class, average_over="all", protocol="study")
+    expected = study_formulas(y_true, y_pred, n_class)
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-12), key
+    assert metrics["n_classes_scored"] == n_class
+    assert table["scored"].all()
+
+
+def test_an_absent_never_predicted_class_scores_f1_two_under_study_only():
+    _, study = classification_metrics([0, 1], [0, 1], 3, average_over="all", protocol="study")
+    assert study.loc[2, "f1"] == pytest.approx(2.0)
+    assert study.loc[2, "precision"] == pytest.approx(1.0) and study.loc[2, "recall"] == pytest.approx(1.0)
+    _, ours = classification_metrics([0, 1], [0, 1], 3, average_over="all")
+    assert ours.loc[2, "f1"] == 0.0
+
+
+def test_study_protocol_refuses_averaging_over_present_classes_only():
+    with pytest.raises(ValueError, match="average_over must be 'all'"):
+        classification_metrics([0, 1], [0, 1], 3, average_over="present", protocol="study")
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        classification_metrics([0, 1], [0, 1], 3, protocol="sklearn")
