@@ -1,13 +1,16 @@
 """Checkpoint files in every official layout, fabricated from tiny timm models with the production key structure.
 
-Shared by the converter contract tests and the pretraining-row tests.
+Shared by the converter contract tests, the pretraining-row tests and the study-file tests (study_file and the
+study's ResNet depth decoder, also used by the depth study-protocol test).
 """
 
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable
 
+import numpy as np
 import timm
 import torch
 from timm.models.vision_transformer import Block
@@ -165,3 +168,90 @@ LAYOUTS: list[tuple[str, str, Builder]] = [
     ("mae_pretrain_vit_base_full.pth", "vit", mae_full),
     ("checkpoint-799.pth", "vit", mae_own_training),
 ]
+
+
+# ------------------------------------------------------------- the study's fine-tuned files (SPEC 4.8, 14)
+def study_file(path, model_state: dict) -> None:
+    """A file with exactly the keys and types of the study's checkpoints (numpy float64 loss, numpy RNG tuple)."""
+    torch.save(
+        {
+            "epoch": 7,
+            "model_state_dict": model_state,
+            "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
+            "scaler_state_dict": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5},
+            "loss": np.float64(0.25),
+            "val_perf": 0.8,
+            "test_perf": 0.7,
+            "py_state": random.getstate(),
+            "np_state": np.random.get_state(),
+            "torch_state": torch.get_rng_state(),
+        },
+        path,
+    )
+
+
+def study_resnet_depth_names(ours: dict) -> dict:
+    out = {}
+    for key, value in ours.items():
+        if key.startswith("encoder."):
+            out[key.removeprefix("encoder.")] = value
+        elif key.startswith("decoder.head."):
+            out["output_conv." + key.removeprefix("decoder.head.")] = value
+        else:
+            new = "decoder_levels." + key.removeprefix("decoder.levels.")
+            for a, b in (
+                (".reduce.", ".chan_reduce."),
+                (".residual.", ".process."),
+                (".shortcut.", ".identity."),
+            ):
+                new = new.replace(a, b)
+            out[new] = value
+    return out
+
+
+def study_resnet_depth_forward(sd: dict, feats: list[torch.Tensor]) -> torch.Tensor:
+    """The study's ResNet_from_Any depth decoder from its own key names (SPEC 4.4): per level, reduce (Conv1×1 +
+    BN) the coarse map, ×2 bilinear (align_corners=True), concat (upsampled, skip), three bottlenecks; then the
+    head."""
+    import torch.nn.functional as F
+
+    def conv(x, name, **kw):
+        return F.conv2d(x, sd[f"{name}.weight"], sd.get(f"{name}.bias"), **kw)
+
+    def bn(x, name):
+        return F.batch_norm(
+            x,
+            sd[f"{name}.running_mean"],
+            sd[f"{name}.running_var"],
+            sd[f"{name}.weight"],
+            sd[f"{name}.bias"],
+            False,
+            0.0,
+            1e-5,
+        )
+
+    def block(x, name):
+        p = f"{name}.process"
+        r = F.relu(bn(conv(x, f"{p}.0"), f"{p}.1"))
+        r = F.relu(bn(conv(r, f"{p}.3", padding=1), f"{p}.4"))
+        r = bn(conv(r, f"{p}.6"), f"{p}.7")
+        shortcut = (
+            bn(conv(x, f"{name}.identity.0"), f"{name}.identity.1")
+            if f"{name}.identity.0.weight" in sd
+            else x
+        )
+        return F.relu(r + shortcut)
+
+    up = {"scale_factor": 2.0, "mode": "bilinear", "align_corners": True}
+    out = feats[3]
+    for level, skip in enumerate((feats[2], feats[1], feats[0])):
+        name = f"decoder_levels.{level}"
+        x = torch.cat(
+            [F.interpolate(bn(conv(out, f"{name}.chan_reduce.0"), f"{name}.chan_reduce.1"), **up), skip], 1
+        )
+        for j in range(3):
+            x = block(x, f"{name}.blocks.{j}")
+        out = x
+    out = conv(F.interpolate(out, **up), "output_conv.1", padding=1)
+    out = F.relu(conv(F.interpolate(out, **up), "output_conv.3", padding=1))
+    return torch.sigmoid(conv(out, "output_conv.5"))

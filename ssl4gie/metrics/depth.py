@@ -5,6 +5,9 @@ all after a per-image least-squares scale-and-shift fit against the ground truth
 oracle: it uses the target of the very image being scored. We keep it (it defines the published numbers) and
 report it under the unsuffixed keys, and add the usual mean AbsRel, δ1 and the median-scaling protocol
 (suffix ``_median``), which uses only the ground-truth median (SPEC §11 item 15).
+
+:func:`study_depth_metrics` is ``task.protocol=study``: the study's eval_depth.py step by step (SPEC §6.4), in its
+units and with its constants, to reproduce its numbers on the same frames.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ssl4gie.losses import align_median, align_scale_shift, masked_median
@@ -22,6 +26,9 @@ log = logging.getLogger(__name__)
 
 METRIC_NAMES = ("rmse", "abs_rel", "med_rel", "mae", "delta1")
 DELTA1_THRESHOLD = 1.25
+STUDY_METRIC_NAMES = ("rmse", "med_rel", "mae")  # the study's "RMSE", "Relative Error", "Absolute Error"
+STUDY_NATIVE_SCALE = 65536  # eval_depth.py divides the native 16-bit code by 65536 (training used 65535)
+STUDY_UNIT = 10.0  # eval_depth.py's hard-coded C3VD factor: [0, 1] -> ×10 (cm if 65535 ↔ 100 mm)
 
 
 def depth_metrics(pred_mm: Tensor, target_mm: Tensor, valid: Tensor) -> dict[str, float]:
@@ -55,6 +62,59 @@ def depth_metrics(pred_mm: Tensor, target_mm: Tensor, valid: Tensor) -> dict[str
         "med_rel": float(masked_median(rel_err, torch.ones_like(rel_err, dtype=torch.bool))),
         "mae": float(abs_err.mean()),
         "delta1": float(within.float().mean()),
+    }
+
+
+def study_crop_offsets(height: int, width: int) -> tuple[int, int]:
+    """(top, left) of the H×W centre crop of the S×S square, S = max(H, W), as torchvision's ``center_crop``
+    computes it: Python ``round((S − H) / 2)`` (half to even). It equals the square-padding offset
+    ``(S − H) // 2`` whenever S − H is even (C3VD's 1350×1080: 135) and may be one more when it is odd."""
+    side = max(height, width)
+    return round((side - height) / 2.0), round((side - width) / 2.0)
+
+
+@torch.no_grad()
+def study_depth_maps(output: Tensor, target: Tensor, native: Tensor) -> tuple[Tensor, Tensor]:
+    """One frame through the study's eval_depth.py post-processing (SPEC §6.4); returns ``(pred, target)``.
+
+    ``output``: the network's s×s map in (0, 1); ``target``: the s×s training target (code / 65535, Pillow-NEAREST
+    resized from the padded square, 0 = invalid); ``native``: the H×W native target as the study reads it,
+    code / **65536**. Steps: least-squares scale and shift of ``output`` onto ``target`` over ``target > 0``
+    (s = t = 0 when singular), applied; bilinear resize (``align_corners=False``, no antialias) to S×S with
+    S = max(H, W); centre crop to H×W (:func:`study_crop_offsets`); clamp to [0, 1]; 0 where ``native == 0``;
+    both maps ×10 (:data:`STUDY_UNIT`). Both results are float32 H×W.
+    """
+    if output.dim() != 2 or target.shape != output.shape or native.dim() != 2:
+        raise ValueError(
+            f"output {tuple(output.shape)} and target {tuple(target.shape)} must be one s×s shape and native "
+            f"{tuple(native.shape)} an H×W map"
+        )
+    aligned, _, _ = align_scale_shift(output[None].float(), target[None].float(), (target > 0)[None])
+    height, width = native.shape
+    side = max(height, width)
+    big = F.interpolate(aligned[None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+    top, left = study_crop_offsets(height, width)
+    pred = big[top : top + height, left : left + width].clamp(0.0, 1.0)
+    native = native.float()
+    pred = torch.where(native == 0, torch.zeros_like(pred), pred)
+    return pred * STUDY_UNIT, native * STUDY_UNIT
+
+
+def study_depth_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
+    """The study's three per-image numbers over ``target > 0`` (maps from :func:`study_depth_maps`).
+
+    ``rmse`` = sqrt(mean (p − d)²), ``med_rel`` = median |p − d| / d with torch's convention (the **lower** of the
+    two middle values for an even count, as ``torch.median`` in eval_depth.py), ``mae`` = mean |p − d|; NaN
+    each when no pixel is valid.
+    """
+    keep = target > 0
+    if not bool(keep.any()):
+        return dict.fromkeys(STUDY_METRIC_NAMES, float("nan"))
+    p, d = pred[keep].float(), target[keep].float()
+    return {
+        "rmse": float(torch.sqrt(((p - d) ** 2).mean())),
+        "med_rel": float(torch.median((p - d).abs() / d)),
+        "mae": float((p - d).abs().mean()),
     }
 
 

@@ -6,6 +6,11 @@ DPT with the depth head), both ending in a Sigmoid, so the output is a relative 
 Scale. The dataset gives depth / 65535 in [0, 1] (0 = invalid). Metrics are in millimetres: value ·
 ``max_depth_mm`` (100 mm for C3VD, a dataset option) for target and prediction alike, the prediction being
 aligned per image to the target first (the accumulator's oracle scale+shift, and median scaling).
+
+Protocol (``task.protocol``). ``ssl4gie`` (default): the above. ``study``: test frames are scored exactly as the
+study's eval_depth.py scores them (:func:`~ssl4gie.metrics.depth.study_depth_maps`: fit at network resolution,
+native target / 65536, ×10 units, lower median) under the keys ``rmse``, ``med_rel``, ``mae`` (plus ``ssi_mse``);
+validation is the same under both protocols.
 """
 
 from __future__ import annotations
@@ -24,19 +29,32 @@ from ssl4gie.data.c3vd import C3VD, DEPTH_SCALE, C3VDDataset, DepthTrainTransfor
 from ssl4gie.data.frames import FrameDataset
 from ssl4gie.data.readers import open_image
 from ssl4gie.data.transforms import normalize
-from ssl4gie.errors import DatasetError
+from ssl4gie.errors import ConfigError, DatasetError
 from ssl4gie.losses import align_scale_shift, ssi_loss, ssi_mse
-from ssl4gie.metrics.depth import DepthMetricAccumulator, depth_metrics
+from ssl4gie.metrics.depth import (
+    STUDY_METRIC_NAMES,
+    STUDY_NATIVE_SCALE,
+    STUDY_UNIT,
+    DepthMetricAccumulator,
+    depth_metrics,
+    study_depth_maps,
+    study_depth_metrics,
+)
 from ssl4gie.tasks.base import Evaluator, Task
 from ssl4gie.tasks.segmentation import build_dense_model
 from ssl4gie.utils.io import atomic_path
 from ssl4gie.visualize import save_figure
 
 FIGURE_MAX_SIDE = 640  # figures are subsampled to this; 1350×1080 panels would only make larger PNGs
+PROTOCOLS = ("ssl4gie", "study")
 
 
 class DepthTask(Task):
-    """SPEC 3.4, 4.4, 4.5, 5.2, 6.4. ``monitor`` is ``val/ssi_mse`` (mode min), the study's selection metric."""
+    """SPEC 3.4, 4.4, 4.5, 5.2, 6.4. ``monitor`` is ``val/ssi_mse`` (mode min), the study's selection metric.
+
+    ``protocol``: how test frames are scored, ``ssl4gie`` or ``study`` (see the module docstring); any other
+    value is a ConfigError.
+    """
 
     def __init__(
         self,
@@ -49,7 +67,11 @@ class DepthTask(Task):
         max_depth_mm: float,
         ssi_alpha: float = 0.1,
         ssi_scales: int = 4,
+        protocol: str = "ssl4gie",
     ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"task.protocol must be one of {', '.join(PROTOCOLS)}, got '{protocol}'")
+        self.protocol = protocol
         self.name, self.input_size, self.monitor, self.monitor_mode = name, input_size, monitor, monitor_mode
         self.augment, self.decoders, self.max_depth_mm = augment, decoder, float(max_depth_mm)
         self.ssi_alpha, self.ssi_scales = float(ssi_alpha), int(ssi_scales)
@@ -105,7 +127,7 @@ class DepthTask(Task):
         return model(batch["image"]).float()
 
     def evaluator(self, keep: int = 0, save_dir: Path | None = None) -> Evaluator:
-        return DepthEvaluator(self.max_depth_mm, keep, save_dir)
+        return DepthEvaluator(self.max_depth_mm, keep, save_dir, self.protocol)
 
     def frame_dataset(self, paths: list[Path]) -> DepthFrames:
         return DepthFrames(paths, self.input_size)
@@ -130,13 +152,18 @@ class DepthTask(Task):
             meta = item["meta"]
             image = np.asarray(open_image(Path(meta["image_path"]), "RGB"))
             step = max(1, -(-max(image.shape[:2]) // FIGURE_MAX_SIDE))
-            row = item["row"]
-            title = (
-                f"{meta['name']}  RMSE {row['rmse']:.2f} mm  AbsRel {row['abs_rel']:.3f}  "
-                f"δ1 {row['delta1']:.3f}  ({item['where']})"
-            )
+            row, unit = item["row"], item.get("unit", "mm")
+            if "abs_rel" in row:
+                scores = f"RMSE {row['rmse']:.2f} mm  AbsRel {row['abs_rel']:.3f}  δ1 {row['delta1']:.3f}"
+            else:  # protocol=study: the study's three numbers in its units
+                scores = f"RMSE {row['rmse']:.3f}  RelErr {row['med_rel']:.3f}  AbsErr {row['mae']:.3f}"
+            title = f"{meta['name']}  {scores}  ({item['where']})"
             fig = depth_panels(
-                image[::step, ::step], item["target"][::step, ::step], item["pred"][::step, ::step], title
+                image[::step, ::step],
+                item["target"][::step, ::step],
+                item["pred"][::step, ::step],
+                title,
+                unit,
             )
             paths.append(save_figure(fig, folder / f"{meta['name']}.png"))
         return paths
@@ -151,13 +178,23 @@ class DepthEvaluator(Evaluator):
       (median scaling), averaged over images: at network resolution for batches without ``target_native``
       (validation), at native resolution otherwise (test, SPEC 6.4).
 
+    With ``protocol="study"``, batches with ``target_native`` are instead scored by the study's eval_depth.py steps
+    (:func:`~ssl4gie.metrics.depth.study_depth_maps`): ``rmse``, ``med_rel``, ``mae`` in the study's units (×10 of
+    the [0, 1] map) and ``ssi_mse``; per-image rows hold ``name``, ``n_valid``, those three and ``video``.
+
     With ``save_dir``, each prediction is written as ``<name>_depth.tiff``: the scale+shift-aligned depth at native
-    resolution, clamped to [0, max_depth_mm] and encoded like C3VD (16-bit, 0..65535 = 0..max_depth_mm).
+    resolution, clamped to [0, max_depth_mm] and encoded like C3VD (16-bit, 0..65535 = 0..max_depth_mm); under
+    the study protocol, the study's post-processed map (before its ×10) in that encoding.
     """
 
-    def __init__(self, max_depth_mm: float, keep: int = 0, save_dir: Path | None = None) -> None:
+    def __init__(
+        self, max_depth_mm: float, keep: int = 0, save_dir: Path | None = None, protocol: str = "ssl4gie"
+    ) -> None:
         super().__init__(keep, save_dir)
-        self.max_depth_mm = max_depth_mm
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"task.protocol must be one of {', '.join(PROTOCOLS)}, got '{protocol}'")
+        self.max_depth_mm, self.protocol = max_depth_mm, protocol
+        self.study_rows: list[dict[str, float | str]] = []
         self.metrics = DepthMetricAccumulator(max_depth_mm)
         self.squared, self.valid = 0.0, 0
         self.videos: dict[str, str] = {}
@@ -177,6 +214,9 @@ class DepthEvaluator(Evaluator):
             for i, meta in enumerate(batch["meta"]):
                 self._keep(meta, outputs[i, 0] * mm, target[i, 0] * mm, "network resolution")
             return
+        if self.protocol == "study":
+            self._process_study(batch, outputs, target, native)
+            return
         for i, meta in enumerate(batch["meta"]):
             pred_mm = meta["geometry"].to_native(outputs[i, 0]) * self.max_depth_mm
             target_mm = native[i].float() * self.max_depth_mm
@@ -188,6 +228,32 @@ class DepthEvaluator(Evaluator):
             self._keep(meta, pred_mm, target_mm, "native resolution")
             if self.save_dir is not None:
                 self._save(meta["name"], self._aligned(pred_mm, target_mm))
+
+    def _process_study(
+        self, batch: dict[str, Any], outputs: torch.Tensor, target: torch.Tensor, native: list[torch.Tensor]
+    ) -> None:
+        """protocol=study: each test frame scored as eval_depth.py scores it (SPEC 6.4)."""
+        for i, meta in enumerate(batch["meta"]):
+            # The dataset's native target is code / 65535; the study divides the code by 65536.
+            native_study = native[i].double() * DEPTH_SCALE / STUDY_NATIVE_SCALE
+            pred, target_study = study_depth_maps(outputs[i, 0], target[i, 0], native_study)
+            row: dict[str, float | str] = {"name": meta["name"], "n_valid": float((target_study > 0).sum())}
+            row.update(study_depth_metrics(pred, target_study))
+            self.study_rows.append(row)
+            if len(self.kept) < self.keep:
+                self.kept.append({"meta": meta, "target": target_study.cpu().numpy(), "pred": pred.cpu().numpy(),
+                                  "row": row, "where": "study protocol", "unit": "study units (×10)"})  # fmt: skip
+            if self.save_dir is not None:
+                self._save(meta["name"], pred / STUDY_UNIT * self.max_depth_mm)
+
+    def _study_compute(self) -> tuple[dict[str, float], list[dict]]:
+        """Means over frames of the study's three numbers. A frame without valid depth (NaN row) is left out of the
+        mean; the study's own sum would turn NaN instead."""
+        metrics = {}
+        for key in STUDY_METRIC_NAMES:
+            values = np.array([row[key] for row in self.study_rows], dtype=np.float64)
+            metrics[key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+        return metrics, [dict(row) for row in self.study_rows]
 
     def _aligned(self, pred_mm: torch.Tensor, target_mm: torch.Tensor) -> torch.Tensor:
         """The accumulator's scale+shift alignment of one map, clamped as it clamps."""
@@ -206,7 +272,7 @@ class DepthEvaluator(Evaluator):
         write_depth(self.save_dir / f"{name}_depth.tiff", aligned_mm, self.max_depth_mm)
 
     def compute(self) -> tuple[dict[str, float], list[dict]]:
-        metrics, rows = self.metrics.compute()
+        metrics, rows = self._study_compute() if self.study_rows else self.metrics.compute()
         metrics["ssi_mse"] = self.squared / (2 * self.valid) if self.valid else float("nan")
         for row in rows:
             row["video"] = self.videos.get(row["name"], "")
@@ -279,8 +345,11 @@ def frame_depth_panels(image: np.ndarray, pred_mm: np.ndarray, title: str = ""):
     return fig
 
 
-def depth_panels(image: np.ndarray, target_mm: np.ndarray, pred_mm: np.ndarray, title: str = ""):
-    """input | target | aligned prediction | |error|; depth in mm (magma, near = bright), invalid pixels grey."""
+def depth_panels(
+    image: np.ndarray, target_mm: np.ndarray, pred_mm: np.ndarray, title: str = "", unit: str = "mm"
+):
+    """input | target | aligned prediction | |error|; depth in ``unit`` (magma, near = bright), invalid pixels
+    grey."""
     valid = target_mm > 0
     hi = float(np.percentile(target_mm[valid], 99)) if valid.any() else 1.0
     error = np.abs(pred_mm - target_mm)
@@ -297,7 +366,7 @@ def depth_panels(image: np.ndarray, target_mm: np.ndarray, pred_mm: np.ndarray, 
     for ax, (values, label, cmap, vmax) in zip(axes[1:], panels, strict=True):
         shown = ax.imshow(np.ma.masked_where(~valid, values), cmap=cmap, vmin=0.0, vmax=max(vmax, 1e-6))
         ax.set_title(label, fontsize=9)
-        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).set_label("mm", fontsize=8)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).set_label(unit, fontsize=8)
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
