@@ -3,7 +3,9 @@
 * :func:`resnet_fpn_detector` — a timm ResNet wrapped by torchvision's ``BackboneWithFPN`` (layer1..4, 256 channels,
   LastLevelMaxPool), i.e. torchvision's ResNet-50-FPN Faster R-CNN with our encoder inside.
 * :func:`vit_detector` — a plain ViT à la ViTDet: CLS token removed, windowed attention in most blocks, the final
-  norm, then a simple feature pyramid with channel-wise LayerNorm (strides 4..32 + "pool").
+  norm, then a simple feature pyramid with channel-wise LayerNorm (strides 4..32 + "pool"). Two variants reproduce
+  the study's detector (SPEC 4.6, 11.17-18): ``pyramid_norm="study"`` (whole-(C,H,W) LayerNorms, biased convs)
+  and ``pos_embed="study"`` (the 1×(1+G²)×C table kept, its G×G part interpolated to the canvas every forward).
 
 Both take images as float [0, 1] tensors and normalise with ImageNet mean/std inside (SPEC 2.2), use torchvision's
 default anchors (one size per level, 32..512, ratios 0.5/1/2) and 2 classes (background, polyp).
@@ -101,8 +103,10 @@ class WindowPartition:
     """Makes a token-mixing module (timm ``Attention``) act independently inside non-overlapping windows.
 
     Forward hooks cut the module's B×(H·W)×C input into B·(H/w)·(W/w) sequences of w×w tokens (windows in
-    row-major order, tokens row-major inside a window, as the study's windowed attention) and put its outputs back
-    in place. Hooks rather than a wrapping module keep the module, its class and its parameter names
+    row-major order, tokens row-major inside a window) and put its outputs back in place. On a timm ViT block this
+    computes what the study's ``WindowedAttention`` does: the same windows in the same order, qkv with bias, scale
+    head_dim^-0.5, and the output projection (per token, so applying it before or after un-permuting is the same);
+    ``tests/models/test_study_checkpoints.py`` checks it against an explicit re-implementation of theirs. Hooks rather than a wrapping module keep the module, its class and its parameter names
     (``blocks.i.attn.qkv`` / ``proj``) exactly as timm has them, so pretrained weights and checkpoints load
     unchanged; calling ``module.forward(x)`` directly bypasses the windows (global attention).
     """
@@ -154,39 +158,72 @@ def drop_class_token(vit: nn.Module) -> None:
     vit.num_prefix_tokens, vit.has_class_token = 0, False
 
 
-def _conv_ln(in_channels: int, out_channels: int) -> list[nn.Module]:
-    # Conv1×1 -> LN -> Conv3×3 -> LN; no conv bias before a norm (as ViTDet)
-    return [
-        nn.Conv2d(in_channels, out_channels, 1, bias=False),
-        LayerNorm2d(out_channels),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-        LayerNorm2d(out_channels),
-    ]
+PYRAMID_NORMS = ("channel", "study")
+POS_EMBEDS = ("resample", "study")
 
 
 class SimpleFeaturePyramid(nn.Module):
-    """ViTDet's simple feature pyramid on a stride-16 map (SPEC 4.6 with channel-wise LayerNorm2d).
+    """ViTDet's simple feature pyramid on a stride-16 map (SPEC 4.6).
 
     Input B×C×H×W; output ``OrderedDict`` "0", "1", "2", "3" at strides 4, 8, 16, 32 and "pool" (stride 64),
-    each with ``out_channels`` channels. Works at any input size (the study's whole-tensor LayerNorms did not).
+    each with ``out_channels`` channels. Each level is [ConvT2×2 (LN GELU ConvT2×2) | MaxPool] Conv1×1 LN Conv3×3
+    LN at the same module indices as the study's ``fpn4`` / ``fpn3`` / ``fpn2`` / ``fpn1`` (no LN after a single
+    ConvTranspose, as theirs).
+
+    ``norm="channel"``: channel-wise LayerNorm2d and no conv bias before a norm (as ViTDet); works at any input
+    size. ``norm="study"``: the study's ``nn.LayerNorm((C, H, W))`` over the whole map of each level, with an
+    elementwise affine of that shape, and biased convs as theirs; it is only defined for the ``grid`` (H×W of the
+    input map) it is built for, and any other input is a :class:`ConfigError`.
     """
 
-    def __init__(self, in_channels: int, out_channels: int = 256) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int = 256,
+        norm: str = "channel",
+        grid: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__()
-        c = in_channels
+        if norm not in PYRAMID_NORMS:
+            raise ConfigError(f"task.pyramid_norm={norm!r} is not valid; valid: {', '.join(PYRAMID_NORMS)}")
+        if norm == "study" and grid is None:
+            raise ValueError("the study's whole-map LayerNorm pyramid needs the input grid")
+        self.norm, self.grid = norm, None if grid is None else tuple(grid)
+        c, bias = in_channels, norm == "study"
+
+        def ln(channels: int, scale: float) -> nn.Module:
+            # scale: the level's size relative to the stride-16 input (MaxPool floors, as theirs)
+            if norm == "channel":
+                return LayerNorm2d(channels)
+            h, w = (int(g * scale) for g in self.grid)
+            return nn.LayerNorm((channels, h, w))
+
+        def conv_ln(scale: float) -> list[nn.Module]:
+            return [
+                nn.Conv2d(c, out_channels, 1, bias=bias),
+                ln(out_channels, scale),
+                nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias),
+                ln(out_channels, scale),
+            ]
+
         self.stride4 = nn.Sequential(
             nn.ConvTranspose2d(c, c, 2, stride=2),
-            LayerNorm2d(c),
+            ln(c, 2),
             nn.GELU(),
             nn.ConvTranspose2d(c, c, 2, stride=2),
-            *_conv_ln(c, out_channels),
+            *conv_ln(4),
         )
-        self.stride8 = nn.Sequential(nn.ConvTranspose2d(c, c, 2, stride=2), *_conv_ln(c, out_channels))
-        self.stride16 = nn.Sequential(*_conv_ln(c, out_channels))
-        self.stride32 = nn.Sequential(nn.MaxPool2d(2), *_conv_ln(c, out_channels))
+        self.stride8 = nn.Sequential(nn.ConvTranspose2d(c, c, 2, stride=2), *conv_ln(2))
+        self.stride16 = nn.Sequential(*conv_ln(1))
+        self.stride32 = nn.Sequential(nn.MaxPool2d(2), *conv_ln(0.5))
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        if self.norm == "study" and tuple(x.shape[-2:]) != self.grid:
+            raise ConfigError(
+                f"task.pyramid_norm=study: the whole-map LayerNorms are built for a {self.grid[0]}×{self.grid[1]} "
+                f"token grid, got {x.shape[-2]}×{x.shape[-1]}; use the canvas_size the model was built for"
+            )
         levels = [self.stride4(x), self.stride8(x), self.stride16(x), self.stride32(x)]
         out = OrderedDict((str(i), level) for i, level in enumerate(levels))
         out["pool"] = F.max_pool2d(levels[-1], kernel_size=1, stride=2)  # as torchvision's LastLevelMaxPool
@@ -196,9 +233,15 @@ class SimpleFeaturePyramid(nn.Module):
 class ViTDetBackbone(nn.Module):
     """timm ViT (no CLS token; windowed attention except in ``global_blocks``) + :class:`SimpleFeaturePyramid`.
 
-    Takes B×3×S×S normalised images at the size the ViT was built for; returns the pyramid dict torchvision's
-    Faster R-CNN expects (``out_channels`` attribute included). ``frozen`` stops gradients into the ViT and runs
-    it without autograd, so it stays bit-identical during training.
+    Takes B×3×S×S normalised images at the size of ``canvas_grid`` (tokens; default the grid the ViT was built
+    for); returns the pyramid dict torchvision's Faster R-CNN expects (``out_channels`` attribute included).
+    ``frozen`` stops gradients into the ViT and runs it without autograd, so it stays bit-identical during
+    training. ``pyramid_norm``: see :class:`SimpleFeaturePyramid`.
+
+    ``pos_embed="resample"``: the ViT is built for the canvas (its table resampled to the canvas grid once, when
+    weights are loaded) and only the CLS slot is removed. ``pos_embed="study"``: the ViT keeps its
+    1×(1+G²)×C table as built (the study's files hold it so, CLS slot included) and every forward interpolates
+    the G×G patch part bilinearly (align_corners=True) to ``canvas_grid``, as the study's detector did.
     """
 
     def __init__(
@@ -208,9 +251,18 @@ class ViTDetBackbone(nn.Module):
         global_blocks: Sequence[int] | None = None,
         out_channels: int = 256,
         frozen: bool = False,
+        pyramid_norm: str = "channel",
+        pos_embed: str = "resample",
+        canvas_grid: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
-        drop_class_token(vit)
+        if pos_embed not in POS_EMBEDS:
+            raise ConfigError(f"task.pos_embed={pos_embed!r} is not valid; valid: {', '.join(POS_EMBEDS)}")
+        self.pos_embed_mode = pos_embed
+        if pos_embed == "study":
+            self._keep_study_table(vit, canvas_grid)
+        else:
+            drop_class_token(vit)
         self.grid = tuple(vit.patch_embed.grid_size)
         depth = len(vit.blocks)
         global_blocks = global_attention_blocks(depth) if global_blocks is None else sorted(global_blocks)
@@ -234,10 +286,48 @@ class ViTDetBackbone(nn.Module):
             global_blocks,
         )
         self.encoder, self.frozen = vit, frozen
-        self.fpn = SimpleFeaturePyramid(vit.embed_dim, out_channels)
+        self.fpn = SimpleFeaturePyramid(vit.embed_dim, out_channels, pyramid_norm, self.grid)
         self.out_channels = out_channels
         if frozen:
             vit.requires_grad_(False)
+
+    def _keep_study_table(self, vit: nn.Module, canvas_grid: tuple[int, int] | None) -> None:
+        table = vit.pos_embed
+        if (
+            table is None
+            or vit.no_embed_class
+            or vit.cls_token is None
+            or getattr(vit, "reg_token", None) is not None
+        ):
+            raise ConfigError(
+                "task.pos_embed=study needs a ViT with a class token and a learned table that covers it "
+                "(timm's original layout); valid for this ViT: task.pos_embed=resample"
+            )
+        self.source_grid = tuple(vit.patch_embed.grid_size)
+        if table.shape[1] != 1 + self.source_grid[0] * self.source_grid[1]:
+            raise ConfigError(
+                f"task.pos_embed=study: table of {table.shape[1]} tokens is not 1 + {self.source_grid}"
+            )
+        # The study deletes the CLS token but not its slot in the table; the patch embedding then runs at the
+        # canvas (as the study set patch_embed.img_size to its fixed size).
+        vit.cls_token = None
+        vit.num_prefix_tokens, vit.has_class_token = 0, False
+        grid = self.source_grid if canvas_grid is None else tuple(canvas_grid)
+        patch = vit.patch_embed.patch_size
+        vit.patch_embed.img_size = (grid[0] * patch[0], grid[1] * patch[1])
+        vit.patch_embed.grid_size = grid
+        vit.patch_embed.num_patches = grid[0] * grid[1]
+
+    def _study_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        # The study's forward: patch embedding, + the table's patch part interpolated to this grid, blocks, norm.
+        vit = self.encoder
+        x = vit.patch_embed(x)
+        c = x.shape[-1]
+        patch_part = vit.pos_embed[:, 1:].transpose(1, 2).reshape(1, c, *self.source_grid)
+        pos = F.interpolate(patch_part, size=self.grid, mode="bilinear", align_corners=True)
+        x = vit.pos_drop(x + pos.flatten(2).transpose(1, 2))
+        x = vit.norm_pre(vit.patch_drop(x))
+        return vit.norm(vit.blocks(x))
 
     def train(self, mode: bool = True) -> ViTDetBackbone:
         super().train(mode)
@@ -247,7 +337,10 @@ class ViTDetBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            tokens = self.encoder.forward_features(x)  # B×N×C, final norm applied
+            if self.pos_embed_mode == "study":
+                tokens = self._study_tokens(x)
+            else:
+                tokens = self.encoder.forward_features(x)  # B×N×C, final norm applied
         b, _, c = tokens.shape
         return self.fpn(tokens.transpose(1, 2).reshape(b, c, *self.grid))
 
@@ -263,19 +356,28 @@ def vit_detector(
     score_threshold: float = 0.05,
     detections_per_img: int = 100,
     rois_per_image: int = 512,
+    pyramid_norm: str = "channel",
+    pos_embed: str = "resample",
 ) -> FasterRCNN:
-    """Faster R-CNN on a timm ViT built for ``canvas_size`` inputs (weights already loaded).
+    """Faster R-CNN on a timm ViT (weights already loaded) for ``canvas_size``² inputs.
 
+    With ``pos_embed="resample"`` the ViT must be built for ``canvas_size``; with ``"study"`` it is built for its
+    pretraining size (the table the study's files hold) and runs at the canvas (:class:`ViTDetBackbone`).
     Inputs must already be ``canvas_size``² canvases (see ``ssl4gie.data.detection.to_canvas``); the model's
-    transform keeps that size (``fixed_size``) and adds no padding. Head options as :func:`resnet_fpn_detector`.
+    transform keeps that size (``fixed_size``) and adds no padding. Head options as :func:`resnet_fpn_detector`;
+    ``pyramid_norm`` as :class:`SimpleFeaturePyramid`.
     """
     patch = vit.patch_embed.patch_size[0]
-    if tuple(vit.patch_embed.img_size) != (canvas_size, canvas_size) or canvas_size % patch:
+    built_for_canvas = tuple(vit.patch_embed.img_size) == (canvas_size, canvas_size)
+    if canvas_size % patch or (pos_embed != "study" and not built_for_canvas):
         raise ConfigError(
             f"task.canvas_size={canvas_size} must be a multiple of the ViT patch size {patch}, and the ViT must be "
             f"built for it (found img_size {tuple(vit.patch_embed.img_size)})"
         )
-    backbone = ViTDetBackbone(vit, window_size, global_blocks, fpn_channels, frozen)
+    grid = (canvas_size // patch, canvas_size // patch)
+    backbone = ViTDetBackbone(
+        vit, window_size, global_blocks, fpn_channels, frozen, pyramid_norm, pos_embed, grid
+    )
     return _faster_rcnn(
         backbone,
         score_threshold,

@@ -8,6 +8,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import timm
 import torch
 from matplotlib.patches import Rectangle
 from omegaconf import DictConfig
@@ -20,7 +21,13 @@ from ssl4gie.data.readers import open_image
 from ssl4gie.errors import ConfigError
 from ssl4gie.metrics.detection import DetectionMetricAccumulator
 from ssl4gie.models.backbone import create_backbone
-from ssl4gie.models.detection import global_attention_blocks, resnet_fpn_detector, vit_detector
+from ssl4gie.models.detection import (
+    POS_EMBEDS,
+    PYRAMID_NORMS,
+    global_attention_blocks,
+    resnet_fpn_detector,
+    vit_detector,
+)
 from ssl4gie.models.pretrained import load_pretrained
 from ssl4gie.tasks.base import Evaluator, Task
 from ssl4gie.utils.io import write_json
@@ -55,6 +62,10 @@ class DetectionTask(Task):
     BatchNorm for ``pretraining=random`` (torchvision's current rule); ``true`` = always frozen (the study's
     behaviour, which leaves a random-init detector without normalisation, SPEC 11.19); ``false`` = trainable
     unless ``frozen=true``.
+
+    ``pyramid_norm`` / ``pos_embed`` (ViT only): ``channel`` / ``resample`` = channel-wise LayerNorm2d pyramid and a
+    table resampled once to the canvas; ``study`` / ``study`` = the study's whole-(C,H,W) LayerNorm pyramid (valid
+    at one canvas only) and its 1×(1+G²)×C table interpolated to the canvas on every forward (SPEC 4.6, 11.17-18).
     """
 
     def __init__(
@@ -75,6 +86,8 @@ class DetectionTask(Task):
         score_threshold_figures: float,
         global_blocks: list[int] | None = None,
         input_size: int | None = None,
+        pyramid_norm: str = "channel",
+        pos_embed: str = "resample",
     ) -> None:
         if input_size is not None:
             raise ConfigError(
@@ -82,6 +95,13 @@ class DetectionTask(Task):
                 f"(ResNet) or task.canvas_size (ViT) instead"
             )
         resolve_frozen_bn(frozen_bn, "random")  # reject an invalid value before any data is read
+        for key, value, valid in (
+            ("pyramid_norm", pyramid_norm, PYRAMID_NORMS),
+            ("pos_embed", pos_embed, POS_EMBEDS),
+        ):
+            if value not in valid:
+                raise ConfigError(f"task.{key}={value!r} is not valid; valid: {', '.join(valid)}")
+        self.pyramid_norm, self.pos_embed = pyramid_norm, pos_embed
         for key, value in (
             ("canvas_size", canvas_size),
             ("window_size", window_size),
@@ -119,9 +139,12 @@ class DetectionTask(Task):
                 f"(backbone={backbone.name}); known families: {sorted(builders)}"
             )
         # The ViT's position embedding is built (and pretrained weights resampled) for the canvas; ResNets take
-        # any size and ignore the value.
-        encoder = create_backbone(backbone, self.canvas_size)
-        load_pretrained(encoder, pretraining, backbone, weights_dir, self.canvas_size)
+        # any size and ignore the value. The study's variant keeps the table at the pretraining size instead.
+        size = self.canvas_size
+        if backbone.family == "vit" and self.pos_embed == "study":
+            size = timm.get_pretrained_cfg(backbone.timm_name).input_size[-1]
+        encoder = create_backbone(backbone, size)
+        load_pretrained(encoder, pretraining, backbone, weights_dir, size)
         return builders[backbone.family](encoder, pretraining, frozen)
 
     def _resnet(self, encoder: nn.Module, pretraining: DictConfig, frozen: bool) -> nn.Module:
@@ -160,6 +183,8 @@ class DetectionTask(Task):
             if self.global_blocks is None
             else sorted(self.global_blocks),
             "fpn_channels": self.fpn_channels,
+            "pyramid_norm": self.pyramid_norm,
+            "pos_embed": self.pos_embed,
         }
         return vit_detector(
             encoder,
@@ -168,6 +193,8 @@ class DetectionTask(Task):
             global_blocks=self.global_blocks,
             frozen=frozen,
             fpn_channels=self.fpn_channels,
+            pyramid_norm=self.pyramid_norm,
+            pos_embed=self.pos_embed,
             **self.head,
         )
 
@@ -175,12 +202,19 @@ class DetectionTask(Task):
         return {"detector": dict(self._structure)}
 
     def use_study_model(self) -> None:
-        """The study's detectors always have frozen BatchNorm (its random-init one included, SPEC 4.1)."""
+        """The study's detectors as they ran: always frozen BatchNorm (its random-init one included, SPEC 4.1);
+        for the ViT the whole-map LayerNorm pyramid and the per-forward interpolated position table."""
         if self.frozen_bn is not True:
             log.info(
                 "the study's detector: frozen BatchNorm (task.frozen_bn=true instead of %s)", self.frozen_bn
             )
-        self.frozen_bn = True
+        if (self.pyramid_norm, self.pos_embed) != ("study", "study"):
+            log.info(
+                "the study's detector on a ViT: task.pyramid_norm=study, task.pos_embed=study (instead of %s, %s)",
+                self.pyramid_norm,
+                self.pos_embed,
+            )
+        self.frozen_bn, self.pyramid_norm, self.pos_embed = True, "study", "study"
 
     # ------------------------------------------------------------------------------------------------- data
     def build_datasets(

@@ -4,13 +4,20 @@ predictions compared with an independent implementation of the study's classifie
 
 from __future__ import annotations
 
-import random
+from collections import OrderedDict
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from checkpoint_layouts import random_like, tiny_backbone
+import torch.nn.functional as F
+from checkpoint_layouts import (
+    random_like,
+    study_file,
+    study_resnet_depth_forward,
+    study_resnet_depth_names,
+    tiny_backbone,
+)
 from conftest import compose_config, task_overrides
 from PIL import Image
 
@@ -21,25 +28,6 @@ from ssl4gie.models.checkpoints import CheckpointError
 from ssl4gie.models.checkpoints.study import detect_kind
 
 SIZE = 64  # task.input_size of the FAST overrides
-
-
-def study_file(path, model_state: dict) -> None:
-    """A file with exactly the keys and types of the study's checkpoints (numpy float64 loss, numpy RNG tuple)."""
-    torch.save(
-        {
-            "epoch": 7,
-            "model_state_dict": model_state,
-            "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
-            "scaler_state_dict": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5},
-            "loss": np.float64(0.25),
-            "val_perf": 0.8,
-            "test_perf": 0.7,
-            "py_state": random.getstate(),
-            "np_state": np.random.get_state(),
-            "torch_state": torch.get_rng_state(),
-        },
-        path,
-    )
 
 
 def study_classifier_state(family: str, classes: int) -> dict:
@@ -297,73 +285,6 @@ def test_study_vit_dense_file_equals_their_dpt(task, tmp_paths, tmp_path, caplog
 
 
 # ------------------------------------------------------------------------------------------ ResNet-50 depth
-def study_resnet_depth_names(ours: dict) -> dict:
-    out = {}
-    for key, value in ours.items():
-        if key.startswith("encoder."):
-            out[key.removeprefix("encoder.")] = value
-        elif key.startswith("decoder.head."):
-            out["output_conv." + key.removeprefix("decoder.head.")] = value
-        else:
-            new = "decoder_levels." + key.removeprefix("decoder.levels.")
-            for a, b in (
-                (".reduce.", ".chan_reduce."),
-                (".residual.", ".process."),
-                (".shortcut.", ".identity."),
-            ):
-                new = new.replace(a, b)
-            out[new] = value
-    return out
-
-
-def study_resnet_depth_forward(sd: dict, feats: list[torch.Tensor]) -> torch.Tensor:
-    """The study's ResNet_from_Any depth decoder from its own key names (SPEC 4.4): per level, reduce (Conv1×1 +
-    BN) the coarse map, ×2 bilinear (align_corners=True), concat (upsampled, skip), three bottlenecks; then the
-    head."""
-    import torch.nn.functional as F
-
-    def conv(x, name, **kw):
-        return F.conv2d(x, sd[f"{name}.weight"], sd.get(f"{name}.bias"), **kw)
-
-    def bn(x, name):
-        return F.batch_norm(
-            x,
-            sd[f"{name}.running_mean"],
-            sd[f"{name}.running_var"],
-            sd[f"{name}.weight"],
-            sd[f"{name}.bias"],
-            False,
-            0.0,
-            1e-5,
-        )
-
-    def block(x, name):
-        p = f"{name}.process"
-        r = F.relu(bn(conv(x, f"{p}.0"), f"{p}.1"))
-        r = F.relu(bn(conv(r, f"{p}.3", padding=1), f"{p}.4"))
-        r = bn(conv(r, f"{p}.6"), f"{p}.7")
-        shortcut = (
-            bn(conv(x, f"{name}.identity.0"), f"{name}.identity.1")
-            if f"{name}.identity.0.weight" in sd
-            else x
-        )
-        return F.relu(r + shortcut)
-
-    up = {"scale_factor": 2.0, "mode": "bilinear", "align_corners": True}
-    out = feats[3]
-    for level, skip in enumerate((feats[2], feats[1], feats[0])):
-        name = f"decoder_levels.{level}"
-        x = torch.cat(
-            [F.interpolate(bn(conv(out, f"{name}.chan_reduce.0"), f"{name}.chan_reduce.1"), **up), skip], 1
-        )
-        for j in range(3):
-            x = block(x, f"{name}.blocks.{j}")
-        out = x
-    out = conv(F.interpolate(out, **up), "output_conv.1", padding=1)
-    out = F.relu(conv(F.interpolate(out, **up), "output_conv.3", padding=1))
-    return torch.sigmoid(conv(out, "output_conv.5"))
-
-
 def test_study_resnet_depth_file_equals_their_decoder(tmp_paths, tmp_path, caplog):
     from ssl4gie.engine.checkpoint import read_model_checkpoint
     from ssl4gie.models.checkpoints.study import check_against
@@ -567,14 +488,201 @@ def test_study_resnet_detector_file_equals_torchvisions_model(tmp_paths, tmp_pat
         torch.testing.assert_close(a["scores"], b["scores"], atol=1e-5, rtol=1e-4)
 
 
-def test_a_study_vit_detector_file_is_refused_with_what_is_supported(tmp_path):
-    from ssl4gie.models.checkpoints.study import to_ssl4gie
+# ------------------------------------------------------------------------------------------ ViT-B ViTDet
+# ssl4gie's ViT detector names -> the study's (their ViTDet_FPN fpn1..fpn4 are strides 32, 16, 8, 4).
+STUDY_FPN = {"stride32": "fpn1", "stride16": "fpn2", "stride8": "fpn3", "stride4": "fpn4"}
 
-    state = {"backbone.pos_embed": torch.zeros(1), "backbone.patch_embed.proj.weight": torch.zeros(1)}
-    state["rpn.head.conv.weight"] = torch.zeros(1)
-    assert detect_kind(state) == ("detection", "vit")
+
+def study_vit_detector_names(ours: dict) -> dict:
+    study = {}
+    for key, value in ours.items():
+        if key.startswith("backbone.encoder."):
+            key = "backbone." + key.removeprefix("backbone.encoder.")
+        elif key.startswith("backbone.fpn."):
+            level, rest = key.removeprefix("backbone.fpn.").split(".", 1)
+            key = f"backbone.fpn.{STUDY_FPN[level]}.{rest}"
+        study[key.replace("rpn.head.conv.0.0.", "rpn.head.conv.")] = value  # torchvision 0.10's names
+    return study
+
+
+class StudyViTDet(torch.nn.Module):
+    """The study's ViT detector backbone written from its key names: patch embedding, the 14×14 table's patch part
+    interpolated to the canvas grid every forward, blocks whose windowed attention permutes the tokens explicitly
+    (their ``WindowedAttention``), the final norm, and ``ViTDet_FPN`` with whole-tensor LayerNorms."""
+
+    def __init__(self, sd: dict, heads: int, global_blocks: list[int], window: int) -> None:
+        super().__init__()
+        self.sd, self.heads, self.global_blocks, self.window = sd, heads, global_blocks, window
+        self.out_channels = sd["backbone.fpn.fpn2.0.weight"].shape[0]
+
+    def attention(self, x, name, window):
+        b, n, c = x.shape
+        s = int(n**0.5)
+        idxs = torch.arange(n).reshape(s, s)
+        perm = torch.cat(
+            [
+                idxs[i : i + window, j : j + window].reshape(-1)
+                for i in range(0, s, window)
+                for j in range(0, s, window)
+            ]
+        )
+        windows = n // window**2
+        x = x[:, perm]
+        qkv = F.linear(x, self.sd[f"{name}.qkv.weight"], self.sd[f"{name}.qkv.bias"])
+        q, k, v = qkv.reshape(b, windows, window**2, 3, self.heads, c // self.heads).permute(3, 0, 1, 4, 2, 5)
+        attn = ((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5).softmax(-1)
+        x = (attn @ v).transpose(2, 3).reshape(b, n, c)[:, torch.argsort(perm)]
+        return F.linear(x, self.sd[f"{name}.proj.weight"], self.sd[f"{name}.proj.bias"])
+
+    def forward(self, images):
+        sd = self.sd
+
+        def ln(x, name, eps=1e-6):
+            return F.layer_norm(x, sd[f"{name}.weight"].shape, sd[f"{name}.weight"], sd[f"{name}.bias"], eps)
+
+        def conv(x, name, **kw):
+            return F.conv2d(x, sd[f"{name}.weight"], sd[f"{name}.bias"], **kw)
+
+        def up(x, name):
+            return F.conv_transpose2d(x, sd[f"{name}.weight"], sd[f"{name}.bias"], stride=2)
+
+        x = conv(images, "backbone.patch_embed.proj", stride=16)
+        b, c, g, _ = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        table = sd["backbone.pos_embed"]
+        source = int((table.shape[1] - 1) ** 0.5)
+        grid = table[:, 1:].transpose(1, 2).reshape(1, c, source, source)
+        pos = F.interpolate(grid, size=(g, g), mode="bilinear", align_corners=True)
+        x = x + pos.reshape(1, c, g * g).transpose(1, 2)
+        depth = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("backbone.blocks."))
+        for i in range(depth):
+            name = f"backbone.blocks.{i}"
+            window = g if i in self.global_blocks else self.window  # one window: global attention
+            x = x + self.attention(ln(x, f"{name}.norm1"), f"{name}.attn", window)
+            h = F.gelu(
+                F.linear(ln(x, f"{name}.norm2"), sd[f"{name}.mlp.fc1.weight"], sd[f"{name}.mlp.fc1.bias"])
+            )
+            x = x + F.linear(h, sd[f"{name}.mlp.fc2.weight"], sd[f"{name}.mlp.fc2.bias"])
+        x = ln(x, "backbone.norm").transpose(1, 2).reshape(b, c, g, g)
+
+        def conv_ln(y, level, first):  # Conv1×1 LN Conv3×3 LN from module index ``first``
+            y = ln(conv(y, f"{level}.{first}"), f"{level}.{first + 1}", 1e-5)
+            return ln(conv(y, f"{level}.{first + 2}", padding=1), f"{level}.{first + 3}", 1e-5)
+
+        fpn = "backbone.fpn.fpn"
+        l1 = conv_ln(F.max_pool2d(x, 2), f"{fpn}1", 1)
+        l2 = conv_ln(x, f"{fpn}2", 0)
+        l3 = conv_ln(up(x, f"{fpn}3.0"), f"{fpn}3", 1)
+        l4 = up(F.gelu(ln(up(x, f"{fpn}4.0"), f"{fpn}4.1", 1e-5)), f"{fpn}4.3")
+        l4 = conv_ln(l4, f"{fpn}4", 4)
+        pool = F.max_pool2d(l1, kernel_size=1, stride=2)
+        return OrderedDict([("0", l4), ("1", l3), ("2", l2), ("3", l1), ("pool", pool)])
+
+
+def test_study_vit_detector_file_equals_their_vitdet(tmp_paths, tmp_path, caplog):
+    """Their ViT detector (CLS token deleted, 1×(1+14²)×C table kept and interpolated per forward, windowed
+    attention, whole-(C,H,W) LayerNorm pyramid with conv biases) on a tiny ViT at a 128² canvas (8×8 tokens,
+    4×4 windows): evaluated through ``mode=eval ckpt=FILE`` and compared with :class:`StudyViTDet` inside
+    torchvision's Faster R-CNN. The study's global blocks are the last of each quarter of ViT-B ([2, 5, 8, 11]);
+    for the 4-block tiny ViT that rule leaves no windowed block, so the file's model has global attention in
+    block 3 only (task.global_blocks=[3]), which exercises the windows."""
+    from torchvision.models.detection import FasterRCNN
+
+    from ssl4gie.engine.checkpoint import read_model_checkpoint
+    from ssl4gie.models.checkpoints.study import check_against
+
+    overrides = [
+        *task_overrides("detection", tmp_paths),
+        "backbone=vit_b",
+        "task.score_threshold=0.0",
+        "mode=eval",
+    ]
+    cfg = compose_config(overrides)
+    task = instantiate_checked(cfg.task, _recursive_=False)
+    task.use_study_model()
+    model = task.build_model(cfg.backbone, cfg.pretraining, False, str(tmp_path))
+    torch.manual_seed(5)
+    # the model's own initialisation, perturbed so that every LN affine, bias and table entry is non-trivial
+    ours = {k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()}
+    study = study_vit_detector_names(ours)
+    assert study["backbone.pos_embed"].shape == (
+        1,
+        1 + 14 * 14,
+        32,
+    )  # the pretraining-size table, CLS slot kept
+    assert study["backbone.fpn.fpn1.2.weight"].shape == (16, 4, 4)  # LayerNorm((C, H, W)) at stride 32
+    assert "backbone.fpn.fpn3.1.bias" in study and "rpn.head.conv.weight" in study
+    study["backbone.decoder_pos_embed"] = torch.zeros(1, 197, 16)  # MAE-derived files carry it
+    path = tmp_path / "detection_vit.pt"
+    study_file(path, study)
+    assert detect_kind(study) == ("detection", "vit")
+
+    with caplog.at_level("INFO"):  # through the command line: the study's variants are picked for their file
+        execute(compose_config([*overrides, f"ckpt={path}"], tmp_path / "eval"))
+    assert "the study's detector on a ViT: task.pyramid_norm=study, task.pos_embed=study" in caplog.text
+    assert f"from the study's detection ViT-B model file {path.name}" in caplog.text
+    assert "1 MAE decoder position embedding" in caplog.text
+
+    ckpt = read_model_checkpoint(path, "detection", "vit")
+    check_against(model, ckpt["model"], path)
+    model.load_state_dict(ckpt["model"], strict=False)
+    heads = cfg.backbone.tiny_kwargs.num_heads
+    reference = FasterRCNN(
+        StudyViTDet(study, heads, global_blocks=[3], window=4),
+        num_classes=2,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        min_size=128,
+        max_size=128,
+        box_score_thresh=0.0,
+    )
+    reference.load_state_dict({k: v for k, v in study.items() if k.startswith(("rpn.", "roi_heads."))})
+    images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
+    model.eval(), reference.eval()
+    with torch.no_grad():
+        mine, theirs = model(images), reference(images)
+        # the backbones alone, on the same normalised batch: every pyramid level
+        batch, _ = reference.transform(images)
+        for level, (a, b) in enumerate(
+            zip(
+                model.backbone(batch.tensors).values(),
+                reference.backbone(batch.tensors).values(),
+                strict=True,
+            )
+        ):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=f"pyramid level {level}")
+    for a, b in zip(mine, theirs, strict=True):
+        assert len(b["boxes"]) > 0
+        torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(a["scores"], b["scores"], atol=1e-4, rtol=1e-4)
+
+
+def test_a_study_vit_detector_file_at_another_canvas_names_its_canvas(tmp_paths, tmp_path):
+    from ssl4gie.models.checkpoints.study import check_against
+
+    def study_model(canvas):
+        cfg = compose_config(
+            [*task_overrides("detection", tmp_paths), "backbone=vit_b", f"task.canvas_size={canvas}"]
+        )
+        task = instantiate_checked(cfg.task, _recursive_=False)
+        task.use_study_model()
+        return task.build_model(cfg.backbone, cfg.pretraining, False, str(tmp_path))
+
+    state = study_model(64).state_dict()
+    with pytest.raises(CheckpointError, match="trained at a 64² canvas: set task.canvas_size=64"):
+        check_against(study_model(128), state, "f.pt")
+
+
+def test_study_pyramid_norm_is_only_valid_at_its_canvas():
+    from ssl4gie.errors import ConfigError
+    from ssl4gie.models.detection import SimpleFeaturePyramid
+
+    fpn = SimpleFeaturePyramid(8, 4, norm="study", grid=(4, 4))
+    assert fpn.stride4[1].weight.shape == (8, 8, 8) and fpn.stride32[2].weight.shape == (4, 2, 2)
+    assert fpn.stride16[0].bias is not None  # the study's convs keep their bias
     with pytest.raises(
-        CheckpointError,
-        match="is the study's detection ViT-B model; ssl4gie converts the study's .*detection ResNet-50",
+        ConfigError, match="task.pyramid_norm=study: the whole-map LayerNorms are built for a 4×4"
     ):
-        to_ssl4gie({"model_state_dict": state, "epoch": 1}, "detection", "vit", tmp_path / "f.pt")
+        fpn(torch.zeros(1, 8, 6, 6))
+    with pytest.raises(ConfigError, match="task.pyramid_norm='batch' is not valid; valid: channel, study"):
+        SimpleFeaturePyramid(8, 4, norm="batch")

@@ -128,6 +128,8 @@ def _task_options(**changes):
         ({"input_size": 224}, "task.input_size"),
         ({"min_size": 900, "max_size": 800}, "task.max_size"),
         ({"canvas_size": 0}, "task.canvas_size"),
+        ({"pyramid_norm": "batch"}, "task.pyramid_norm='batch' is not valid; valid: channel, study"),
+        ({"pos_embed": "rope"}, "task.pos_embed='rope' is not valid; valid: resample, study"),
     ],
 )
 def test_invalid_options_are_rejected(changes, message):
@@ -175,12 +177,37 @@ def test_pretrained_rows_load_into_the_detectors(backbone, family, pretraining, 
     assert torch.equal(encoder.state_dict()[weight], source[weight])
 
 
+def test_the_study_position_table_keeps_the_pretrained_grid(tmp_path):
+    """task.pos_embed=study: the published 1×(1+14²)×C table loads as it is (CLS slot included, no resampling)
+    and is interpolated to the canvas grid (8×8 here) in every forward, as the study's detector."""
+    source = random_like(tiny_backbone("vit", img_size=224).state_dict())
+    torch.save(mae_encoder("vit", source)[0], tmp_path / "weights.pth")
+    overrides = [
+        "task=detection",
+        "backbone=vit_b",
+        "pretraining=imagenet_mae",
+        *TINY,
+        *PER_BACKBONE["vit_b"],
+    ]
+    overrides += [f"pretraining.checkpoint={tmp_path / 'weights.pth'}", "task.pos_embed=study"]
+    cfg = compose_config(overrides)
+    task = DetectionTask(**{k: v for k, v in cfg.task.items() if k != "_target_"})
+    model = task.build_model(cfg.backbone, cfg.pretraining, False, str(tmp_path))
+    encoder = model.backbone.encoder
+    assert encoder.cls_token is None and torch.equal(encoder.pos_embed.detach(), source["pos_embed"])
+    assert task.structure()["detector"]["pos_embed"] == "study"
+    model.eval()
+    with torch.no_grad():
+        assert model([torch.rand(3, 128, 128)])[0]["boxes"].shape[1] == 4
+
+
 @pytest.mark.parametrize(
     "backbone, change, option",
     [
         ("vit_b", "task.window_size=2", "window_size"),
         ("vit_b", "task.global_blocks=[1,3]", "global_blocks"),
         ("vit_b", "task.canvas_size=64", "canvas_size"),
+        ("vit_b", "task.pyramid_norm=study", "pyramid_norm"),
         ("resnet50", "task.frozen_bn=true", "frozen_bn"),
         ("resnet50", "task.fpn_channels=8", "fpn_channels"),
     ],

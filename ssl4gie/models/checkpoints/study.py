@@ -8,9 +8,9 @@ key layout tells the model kind (:func:`detect_kind`); a pure converter per kind
 
 Converted so far: classification (ResNet-50 and ViT-B: the backbone's keys plus ``lin_head.*``), ViT-B + DPT
 segmentation and depth, ResNet-50 depth, ResNet-50 segmentation (smp 0.3.2 DeepLabV3+) and the ResNet-50-FPN
-detector (torchvision 0.10 names; built with the study's always-frozen BatchNorm). The ViT-B detector is
-recognised (so a wrong-task file is named as what it is) but not converted yet: it needs the study's whole-tensor
-LayerNorm pyramid and per-forward position-embedding interpolation as model variants.
+detector (torchvision 0.10 names; built with the study's always-frozen BatchNorm) and the ViT-B detector (built
+with ``task.pyramid_norm=study`` and ``task.pos_embed=study``: whole-(C,H,W) LayerNorm pyramid, 1×197×768 table
+interpolated to the canvas on every forward).
 """
 
 from __future__ import annotations
@@ -253,8 +253,38 @@ def resnet_detector_to_ssl4gie(state: Mapping[str, Any]) -> tuple[StateDict, Dro
     return out, {}
 
 
+# The study's ViTDet_FPN levels -> ssl4gie's SimpleFeaturePyramid: fpn1..4 are strides 32, 16, 8, 4, and every
+# module index inside the Sequentials is the same (MaxPool/ConvT first, no LN after a single ConvT).
+_VIT_FPN_LEVELS = {"fpn1": "stride32", "fpn2": "stride16", "fpn3": "stride8", "fpn4": "stride4"}
+
+
+def vit_detector_to_ssl4gie(state: Mapping[str, Any]) -> tuple[StateDict, Dropped]:
+    """Study ViT-B Faster R-CNN (``backbone.<ViT keys>``, ``backbone.fpn.fpn{1..4}.*``, torchvision 0.10
+    ``rpn.*`` / ``roi_heads.*``) -> ssl4gie's ViT detector built with the study's variants (``backbone.encoder.*``,
+    ``backbone.fpn.stride{4,8,16,32}.*``; ``pos_embed`` keeps its 1×(1+G²)×C shape). The RPN head conv becomes
+    ``conv.0.0.*``; an MAE model's ``backbone.decoder_pos_embed`` is dropped by rule."""
+    out: StateDict = {}
+    dropped: Dropped = {}
+    for key, value in state.items():
+        if key == "backbone.decoder_pos_embed":
+            dropped.setdefault(UNUSED_MAE_POS, []).append(key)
+        elif key.startswith("backbone.fpn."):
+            level, rest = key.removeprefix("backbone.fpn.").split(".", 1)
+            if level not in _VIT_FPN_LEVELS:
+                raise CheckpointError(f"unexpected pyramid key {key!r} in the study's ViT detector")
+            out[f"backbone.fpn.{_VIT_FPN_LEVELS[level]}.{rest}"] = value
+        elif key.startswith("backbone."):
+            out["backbone.encoder." + key.removeprefix("backbone.")] = value
+        elif key in ("rpn.head.conv.weight", "rpn.head.conv.bias"):
+            out[f"rpn.head.conv.0.0.{key.rsplit('.', 1)[-1]}"] = value
+        else:
+            out[key] = value
+    return out, dropped
+
+
 CONVERTERS = {
     ("detection", "resnet"): resnet_detector_to_ssl4gie,
+    ("detection", "vit"): vit_detector_to_ssl4gie,
     ("segmentation", "resnet"): smp_deeplabv3plus_to_ssl4gie,
     ("depth", "resnet"): resnet_depth_to_ssl4gie,
     ("classification", "resnet"): classification_to_ssl4gie,
@@ -301,4 +331,20 @@ def check_against(model: torch.nn.Module, state: Mapping[str, Any], path: str | 
         if keys
     ]
     if problems:
-        raise CheckpointError(f"checkpoint {path} does not fit the configured model ({'; '.join(problems)})")
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the configured model ({'; '.join(problems)}){_canvas_hint(state)}"
+        )
+
+
+def _canvas_hint(state: Mapping[str, Any]) -> str:
+    # The study's ViT detector (whole-map LayerNorms) fits one canvas only: say which, from its stride-16 LN.
+    norm, patch = (
+        state.get("backbone.fpn.stride16.1.weight"),
+        state.get("backbone.encoder.patch_embed.proj.weight"),
+    )
+    if norm is None or patch is None or norm.dim() != 3:
+        return ""
+    canvas = norm.shape[-1] * patch.shape[-1]
+    return (
+        f"; its whole-map LayerNorm pyramid was trained at a {canvas}² canvas: set task.canvas_size={canvas}"
+    )
