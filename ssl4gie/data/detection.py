@@ -223,17 +223,37 @@ class DetectionTrainTransform:
         return image, boxes
 
 
+CANVAS_RULES = ("fit", "study")
+
+
 def to_canvas(
-    image: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes, size: int
+    image: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes, size: int, rule: str = "fit"
 ) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes, dict]:
     """Place the image on a ``size``×``size`` zero canvas, centred, shrinking it first if a side exceeds ``size``.
 
-    The study halves any image with a side > 1024 (SPEC 3.2); we scale down just enough to fit (bicubic,
-    antialiased), so a 1920×1072 image becomes 1024×572 rather than 960×536. Returns the mapping
-    ``{"scale": (sx, sy), "offset": (left, top)}``: canvas = original · scale + offset (see :func:`from_canvas`).
+    ``rule="fit"`` scales down just enough to fit (bicubic, antialiased), so a 1920×1072 image becomes 1024×572.
+    ``rule="study"`` is the study's step (SPEC 3.2): an image with a side > ``size`` gets one zero row at the bottom
+    if its height is odd and one zero column at the right if its width is odd, then is halved (bicubic,
+    antialiased; 1920×1072 becomes 960×536), boxes halved; an image still too large after that is an error. Returns
+    the mapping ``{"scale": (sx, sy), "offset": (left, top)}``: canvas = original · scale + offset (see
+    :func:`from_canvas`).
     """
     height, width = image.shape[-2:]
     new_h, new_w = height, width
+    if rule == "study" and (height > size or width > size):
+        image = F.pad(image, [0, 0, width % 2, height % 2], fill=0)  # no shift of box coordinates
+        new_h, new_w = (height + height % 2) // 2, (width + width % 2) // 2
+        if new_h > size or new_w > size:
+            raise DatasetError(
+                f"a {height}×{width} image does not fit task.canvas_size={size} after the study's halving "
+                "(task.protocol=study); use task.protocol=ssl4gie, which scales it to fit"
+            )
+        image = F.resize(image, [new_h, new_w], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        boxes = tv_tensors.wrap(boxes.as_subclass(torch.Tensor) / 2, like=boxes, canvas_size=(new_h, new_w))
+        left, top = (size - new_w) // 2, (size - new_h) // 2
+        padding = [left, top, size - new_w - left, size - new_h - top]
+        image, boxes = F.pad(image, padding, fill=0), F.pad(boxes, padding)
+        return image, boxes, {"scale": (0.5, 0.5), "offset": (left, top)}
     if height > size or width > size:
         factor = min(size / height, size / width)
         new_h, new_w = max(1, min(size, round(height * factor))), max(1, min(size, round(width * factor)))
@@ -268,10 +288,16 @@ class DetectionDataset(Dataset):
     """
 
     def __init__(
-        self, reader: KvasirDetection, indices: list[int], train: bool, canvas_size: int | None
+        self,
+        reader: KvasirDetection,
+        indices: list[int],
+        train: bool,
+        canvas_size: int | None,
+        canvas_rule: str = "fit",
     ) -> None:
         self.items = [reader.items[i] for i in indices]
         self.indices, self.train, self.canvas_size = list(indices), train, canvas_size
+        self.canvas_rule = canvas_rule
         self.transform = DetectionTrainTransform() if train else None
 
     def __len__(self) -> int:
@@ -291,7 +317,7 @@ class DetectionDataset(Dataset):
             image, boxes = self.transform(image, boxes)
         canvas = dict(IDENTITY_CANVAS)
         if self.canvas_size is not None:
-            image, boxes, canvas = to_canvas(image, boxes, self.canvas_size)
+            image, boxes, canvas = to_canvas(image, boxes, self.canvas_size, self.canvas_rule)
         labels = torch.full((len(item.boxes),), POLYP, dtype=torch.int64)
         sample = {
             "image": image.as_subclass(torch.Tensor).float() / 255.0,

@@ -36,6 +36,9 @@ from ssl4gie.visualize import save_figure
 log = logging.getLogger(__name__)
 
 FROZEN_BN = ("auto", True, False)
+# task.protocol: ssl4gie scores every detector in the original image's frame; study halves large images onto the
+# ViT's canvas and scores a ViT in that canvas frame, as the study's eval_detection.py (SPEC 3.2, 6.2)
+PROTOCOLS = ("ssl4gie", "study")
 PREDICTIONS_FILE = "predicted_bboxes.json"
 GT_COLOUR, PRED_COLOUR = "yellow", "lime"  # the study's figure colours (SPEC 7)
 
@@ -88,6 +91,7 @@ class DetectionTask(Task):
         input_size: int | None = None,
         pyramid_norm: str = "channel",
         pos_embed: str = "resample",
+        protocol: str = "ssl4gie",
     ) -> None:
         if input_size is not None:
             raise ConfigError(
@@ -98,10 +102,11 @@ class DetectionTask(Task):
         for key, value, valid in (
             ("pyramid_norm", pyramid_norm, PYRAMID_NORMS),
             ("pos_embed", pos_embed, POS_EMBEDS),
+            ("protocol", protocol, PROTOCOLS),
         ):
             if value not in valid:
                 raise ConfigError(f"task.{key}={value!r} is not valid; valid: {', '.join(valid)}")
-        self.pyramid_norm, self.pos_embed = pyramid_norm, pos_embed
+        self.pyramid_norm, self.pos_embed, self.protocol = pyramid_norm, pos_embed, protocol
         for key, value in (
             ("canvas_size", canvas_size),
             ("window_size", window_size),
@@ -227,7 +232,11 @@ class DetectionTask(Task):
         indices = reader.splits()
         return {
             s: DetectionDataset(
-                reader, indices[s], train=(s == "train" and self.augment), canvas_size=self.canvas
+                reader,
+                indices[s],
+                train=(s == "train" and self.augment),
+                canvas_size=self.canvas,
+                canvas_rule="study" if self.protocol == "study" else "fit",
             )
             for s in splits
         }
@@ -240,11 +249,13 @@ class DetectionTask(Task):
 
     def predict(self, model: nn.Module, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         """Post-processed detections (score > ``score_threshold``, at most ``detections_per_img``), with boxes
-        mapped back to each original image's pixel frame."""
+        mapped back to each original image's pixel frame (``boxes``) and as the model saw them (``input_boxes``:
+        the canvas frame of a ViT, where the study scored them)."""
         detections = model(list(batch["image"]))
         return [
             {
                 "boxes": from_canvas(d["boxes"].float(), meta["canvas"], meta["orig_size"]),
+                "input_boxes": d["boxes"].float(),
                 "scores": d["scores"].float(),
                 "labels": d["labels"],
             }
@@ -252,10 +263,12 @@ class DetectionTask(Task):
         ]
 
     def evaluator(self, keep: int = 0, save_dir: Path | None = None) -> Evaluator:
-        return DetectionEvaluator(self.figure_threshold, keep, save_dir)
+        # task.protocol=study scores a ViT's boxes in its canvas frame, as the study (SPEC 6.2, 11.17)
+        frame = "input" if self.protocol == "study" and self.canvas is not None else "native"
+        return DetectionEvaluator(self.figure_threshold, keep, save_dir, frame)
 
     def frame_dataset(self, paths: list[Path]) -> DetectionFrames:
-        return DetectionFrames(paths, self.canvas)
+        return DetectionFrames(paths, self.canvas, "study" if self.protocol == "study" else "fit")
 
     def frame_predictor(self, save_dir: Path, keep: int = 0) -> Evaluator:
         return DetectionFramePredictor(self.figure_threshold, save_dir, keep)
@@ -276,16 +289,16 @@ class DetectionFrames(FrameDataset):
     """Frames as the detector's evaluation images: float [0, 1] at native size (ResNet), or placed on the
     ``canvas_size`` canvas (ViT, :func:`to_canvas`); ``meta["canvas"]`` maps boxes back."""
 
-    def __init__(self, paths: list[Path], canvas_size: int | None) -> None:
+    def __init__(self, paths: list[Path], canvas_size: int | None, canvas_rule: str = "fit") -> None:
         super().__init__(paths)
-        self.canvas_size = canvas_size
+        self.canvas_size, self.canvas_rule = canvas_size, canvas_rule
 
     def sample(self, image, meta: dict) -> dict:
         pixels = tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1))
         canvas = dict(IDENTITY_CANVAS)
         if self.canvas_size is not None:
             none = tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=meta["orig_size"])
-            pixels, _, canvas = to_canvas(pixels, none, self.canvas_size)
+            pixels, _, canvas = to_canvas(pixels, none, self.canvas_size, self.canvas_rule)
         meta["canvas"] = canvas
         return {"image": pixels.as_subclass(torch.Tensor).float() / 255.0, "meta": meta}
 
@@ -327,14 +340,23 @@ class DetectionEvaluator(Evaluator):
     writes ``predicted_bboxes.json`` (the structure of ``kavsir_bboxes.json`` plus a ``score`` per box) to
     ``save_dir``."""
 
-    def __init__(self, figure_threshold: float, keep: int = 0, save_dir: Path | None = None) -> None:
+    def __init__(
+        self, figure_threshold: float, keep: int = 0, save_dir: Path | None = None, frame: str = "native"
+    ) -> None:
+        """``frame``: where mAP is computed: ``native`` (the original image's pixels) or ``input`` (the frame the
+        model saw: a ViT's canvas; the study's protocol). Figures and saved boxes are in the original frame."""
         super().__init__(keep, save_dir)
         self.metrics = DetectionMetricAccumulator(score_threshold=figure_threshold)
         self.predictions: dict[str, dict] = {}
+        self.frame = frame
 
     def process(self, batch: dict[str, Any], outputs: list[dict[str, torch.Tensor]]) -> None:
         metas, targets = batch["meta"], batch["target_native"]
-        self.metrics.update(outputs, targets, [m["name"] for m in metas])
+        if self.frame == "input":
+            scored = [{**o, "boxes": o["input_boxes"]} for o in outputs]
+            self.metrics.update(scored, batch["target"], [m["name"] for m in metas])
+        else:
+            self.metrics.update(outputs, targets, [m["name"] for m in metas])
         for pred, target, meta in zip(outputs, targets, metas, strict=True):
             boxes, scores = pred["boxes"].cpu().numpy(), pred["scores"].cpu().numpy()
             if len(self.kept) < self.keep:

@@ -247,3 +247,57 @@ def test_frozen_batchnorm_on_a_random_init_detector_is_explained(tmp_path, caplo
     assert all(
         torch.all(block.bn3.weight == 1) for layer in ("layer1", "layer4") for block in getattr(body, layer)
     )
+
+
+def test_study_canvas_halves_large_images_after_padding_odd_sides():
+    """SPEC 3.2: a side > canvas -> one zero row/column on odd sides, halve (bicubic, antialias), centre-pad."""
+    from torchvision import tv_tensors
+
+    from ssl4gie.data.detection import to_canvas
+
+    image = tv_tensors.Image(torch.randint(0, 255, (3, 81, 70), dtype=torch.uint8))
+    boxes = tv_tensors.BoundingBoxes(
+        torch.tensor([[10.0, 20.0, 30.0, 40.0]]), format="XYXY", canvas_size=(81, 70)
+    )
+    out, moved, canvas = to_canvas(image, boxes, 64, rule="study")
+    assert out.shape == (3, 64, 64) and canvas == {"scale": (0.5, 0.5), "offset": (14, 11)}  # 82×70 -> 41×35
+    assert moved.as_subclass(torch.Tensor).tolist() == [[19.0, 21.0, 29.0, 31.0]]
+    padded = torch.cat([image.as_subclass(torch.Tensor), torch.zeros(3, 1, 70, dtype=torch.uint8)], dim=1)
+    from torchvision.transforms.v2 import functional as TF
+
+    halved = TF.resize(padded, [41, 35], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    assert torch.equal(out.as_subclass(torch.Tensor)[:, 11:52, 14:49], halved)
+    assert (
+        out.as_subclass(torch.Tensor)[:, :11].sum() == 0
+        and out.as_subclass(torch.Tensor)[:, :, :14].sum() == 0
+    )
+    small = tv_tensors.Image(torch.zeros(3, 40, 50, dtype=torch.uint8))  # fits: only padded, as ours
+    assert to_canvas(small, boxes, 64, rule="study")[2] == to_canvas(small, boxes, 64)[2]
+    with pytest.raises(Exception, match="does not fit task.canvas_size=32 after the study's halving"):
+        to_canvas(image, boxes, 32, rule="study")
+
+
+def test_study_protocol_scores_a_vit_in_its_canvas_frame(tmp_paths, tmp_path):
+    execute(_config("vit_b", tmp_paths, tmp_path / "train"))
+    ckpt = f"ckpt={tmp_path / 'train' / 'best.pt'}"
+    cfg = _config("vit_b", tmp_paths, tmp_path / "eval", "mode=eval", ckpt, "task.protocol=study")
+    task = DetectionTask(**{k: v for k, v in cfg.task.items() if k != "_target_"})
+    task.canvas = 128
+    evaluator = task.evaluator()
+    seen = []
+    evaluator.metrics.update = lambda preds, targets, names: seen.append((preds, targets))
+    canvas_target = {"boxes": torch.tensor([[1.0, 2.0, 3.0, 4.0]]), "labels": torch.tensor([1])}
+    native_target = {"boxes": torch.tensor([[9.0, 9.0, 20.0, 20.0]]), "labels": torch.tensor([1])}
+    meta = {"name": "x", "orig_size": (40, 40), "canvas": {"scale": (1.0, 1.0), "offset": (44, 44)}}
+    output = {
+        "boxes": torch.tensor([[0.0, 0, 5, 5]]),
+        "input_boxes": torch.tensor([[44.0, 44, 49, 49]]),
+        "scores": torch.tensor([0.9]),
+        "labels": torch.tensor([1]),
+    }
+    evaluator.process({"meta": [meta], "target": [canvas_target], "target_native": [native_target]}, [output])
+    ((preds, targets),) = seen
+    assert torch.equal(preds[0]["boxes"], output["input_boxes"]) and targets[0] is canvas_target
+    execute(cfg)  # and end to end
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["protocol"] == "study" and 0.0 <= metrics["test/map"] <= 1.0
