@@ -44,16 +44,12 @@ def read_model_checkpoint(path: str | Path, task: str, family: str) -> dict[str,
     path = Path(path)
     if not path.is_file():
         raise Ssl4gieError(f"checkpoint {path} does not exist (option ckpt)")
+    # The study's files first, memory-mapped: a 2.7 GB detector file is then never read into memory in full only
+    # to be refused for its numpy RNG state (an ssl4gie checkpoint is read again below; mapping it is cheap).
     try:
+        obj = study.read_study_file(path)
+    except study.CheckpointError:
         return read_run_checkpoint(path)
-    except Ssl4gieError as error:
-        if "holds pickled Python objects" not in str(error) and "not an ssl4gie run checkpoint" not in str(
-            error
-        ):
-            raise
-    obj = study.read_study_file(
-        path
-    )  # the study's numpy loss / RNG state is what made the plain load refuse it
     state, dropped = study.to_ssl4gie(obj, task, family, path)
     rules = ", ".join(f"{len(keys)} {reason}" for reason, keys in dropped.items() if keys)
     receipt = f"loaded {len(state)} tensors from {study.describe(task, family)} file {path.name}; dropped by rule: {rules}"
