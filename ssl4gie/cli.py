@@ -20,7 +20,7 @@ from ssl4gie.data.frames import list_frames
 from ssl4gie.engine import distributed
 from ssl4gie.engine.checkpoint import check_model_config, read_model_checkpoint, read_run_checkpoint
 from ssl4gie.engine.trainer import Trainer
-from ssl4gie.errors import Ssl4gieError
+from ssl4gie.errors import DatasetMissing, Ssl4gieError
 from ssl4gie.models.checkpoints import study as study_checkpoints
 from ssl4gie.models.checkpoints.study import check_against
 from ssl4gie.utils.io import save_dataframe_csv, write_json
@@ -113,7 +113,18 @@ def execute(cfg: DictConfig) -> float | None:
     # Predicting on a folder of frames reads no dataset (its root need not exist); the frames are listed and
     # checked before the model is built, as a dataset's root and layout are otherwise.
     frames = list_frames(cfg.input) if cfg.mode == "predict" and cfg.get("input") else None
-    reader = None if frames is not None else config_checks.instantiate_checked(cfg.dataset)
+    (output_dir / "skipped.json").unlink(missing_ok=True)  # a dataset that was missing before may be here now
+    try:
+        reader = None if frames is not None else config_checks.instantiate_checked(cfg.dataset)
+    except DatasetMissing as missing:
+        if cfg.mode == "train" or not cfg.get("skip_missing_data", False):
+            raise
+        # An evaluation sweep over "every dataset present" (sweep=generalisation): an absent set is no failure.
+        log.warning("%s; cell skipped (skip_missing_data=true)", str(missing).split(" Expected layout")[0])
+        write_json(
+            output_dir / "skipped.json", {"reason": str(missing), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        )
+        return None
     if cfg.mode != "train" and study_checkpoints.is_study_checkpoint(cfg.ckpt):
         task.use_study_model()  # so that the study's weights run exactly as they did
     pretraining = cfg.pretraining

@@ -29,6 +29,7 @@ NOT_IDENTITY = (
     "trainer.progress",
     "trainer.num_figures",
     "trainer.keep_last",
+    "skip_missing_data",
     "backbone.random_init",  # a description for the log
     "dataset.root",
     "dataset.download",

@@ -15,3 +15,7 @@ class ConfigError(Ssl4gieError):
 
 class DatasetError(Ssl4gieError):
     """A dataset folder, file or annotation that does not match the expected layout."""
+
+
+class DatasetMissing(DatasetError):
+    """A dataset's root folder does not exist (``skip_missing_data=true`` skips an evaluation cell for it)."""

@@ -38,6 +38,8 @@ def cell_status(sweep_dir: Path) -> dict[str, list[Path]]:
             status["done"].append(cell)
         elif (cell / "failed.json").exists():
             status["failed"].append(cell)
+        elif (cell / "skipped.json").exists():  # finished: its dataset is not on disk (skip_missing_data)
+            status["done"].append(cell)
         else:
             status["running"].append(cell)
     return status

@@ -116,15 +116,19 @@ def test_generalisation_smoke_sweep_gives_an_in_vs_out_of_distribution_table(tmp
     paths = [f"paths.output_root={out}", f"paths.cache_dir={cache}", f"paths.weights_dir={tmp_path / 'w'}"]
     trained = run_cli(["-m", "sweep=smoke", *paths], timeout=900)
     assert trained.returncode == 0, trained.stderr[-2000:]
+    from ssl4gie.data.synthetic import write_kvasir_seg, write_pranet_set
+
+    data = tmp_path / "data"  # two sets present; ETIS-LaribPolypDB is not: its cells are skipped, not failed
+    write_kvasir_seg(data / "Kvasir-SEG", n=6, seed=0, size_range=(64, 96))
+    write_pranet_set(data / "TestDataset" / "CVC-ColonDB", n=6, seed=0, size_range=(64, 96))
     evaluated = run_cli(
         [
             "-m",
             "sweep=generalisation",
             "row=rn_na_na,vt_na_na",
-            "dataset=kvasir_seg,cvc_colondb",
+            "dataset=kvasir_seg,cvc_colondb,etis_laribpolypdb",
             f"paths.study_sweep={out / 'sweeps/smoke'}",
-            f"paths.data_dir={tmp_path / 'data'}",
-            "dataset.synthetic={n: 6, seed: 0, size_range: [64, 96]}",
+            f"paths.data_dir={data}",
             "backbone.tiny=true",
             "task.input_size=64",
             "trainer.device=cpu",
@@ -138,6 +142,10 @@ def test_generalisation_smoke_sweep_gives_an_in_vs_out_of_distribution_table(tmp
     )
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     sweep = out / "sweeps/generalisation"
+    skipped = sorted(p.parent.name for p in sweep.glob("*/skipped.json"))
+    assert len(skipped) == 2 and all("dataset=etis_laribpolypdb" in name for name in skipped)
+    assert not list(sweep.glob("*/failed.json"))
+    assert "cell skipped (skip_missing_data=true)" in evaluated.stdout + evaluated.stderr
     n_test = {}
     for metrics_file in sweep.glob("*/metrics.json"):
         metrics = json.loads(metrics_file.read_text())
@@ -157,3 +165,18 @@ def test_generalisation_smoke_sweep_gives_an_in_vs_out_of_distribution_table(tmp
     header = capsys.readouterr().out.splitlines()[0]
     columns = [c.strip() for c in header.strip("|").split("|")]
     assert columns == ["row", "segmentation/kvasir_seg test/dice ↑", "segmentation/cvc_colondb test/dice ↑"]
+
+
+def test_skip_missing_data_skips_only_evaluations(tmp_path):
+    from ssl4gie.cli import execute
+    from ssl4gie.errors import DatasetMissing
+
+    missing = segmentation_overrides(tmp_path / "nowhere", tmp_path, "skip_missing_data=true")
+    with pytest.raises(DatasetMissing, match="not found"):  # training on absent data is an error, always
+        execute(compose_config(missing, tmp_path / "train"))
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"")  # never read: the missing dataset is noticed first
+    assert execute(compose_config([*missing, "mode=eval", f"ckpt={ckpt}"], tmp_path / "eval")) is None
+    assert (tmp_path / "eval" / "skipped.json").is_file() and not (
+        tmp_path / "eval" / "metrics.json"
+    ).exists()

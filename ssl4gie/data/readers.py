@@ -9,7 +9,7 @@ from pathlib import Path
 from filelock import FileLock
 from PIL import Image, UnidentifiedImageError
 
-from ssl4gie.errors import DatasetError
+from ssl4gie.errors import DatasetError, DatasetMissing
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def ensure_root(
                 writer(root, **dict(synthetic))
     if not root.is_dir():
         where = f" Download it from {download}, unpack it and" if download else " Put it there or"
-        raise DatasetError(
+        raise DatasetMissing(
             f"{title} not found: {root} does not exist (option dataset.root). Expected layout: {layout}.{where} "
             f"pass dataset.root=PATH (or set paths.data_dir). To try ssl4gie without data: python run.py experiment={demo}"
         )

@@ -6,6 +6,7 @@ run folder all work. Status of a run folder:
 
 * ``complete``: ``metrics.json`` with ``status: complete`` (written atomically and last by ``ssl4gie.cli``);
 * ``failed``: ``failed.json`` (``error``, ``type``, ``time``) and no complete ``metrics.json``;
+* ``skipped``: ``skipped.json`` (an evaluation whose dataset is not on disk, ``skip_missing_data=true``);
 * ``incomplete``: anything else (still running, killed, or never started past Hydra's ``.hydra/``).
 """
 
@@ -122,7 +123,8 @@ def read_run(folder: Path, sweep_dir: Path) -> dict[str, Any]:
         record["overrides"] = hydra.get("overrides")
     else:
         record.update(hydra)
-        record["status"] = "failed" if failed is not None else "incomplete"
+        skipped = (folder / "skipped.json").is_file()
+        record["status"] = "failed" if failed is not None else "skipped" if skipped else "incomplete"
         if failed is not None:
             record.update(
                 error_type=failed.get("type"), error=failed.get("error"), failed_at=failed.get("time")

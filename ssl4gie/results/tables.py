@@ -92,7 +92,10 @@ def problem_runs(runs: pd.DataFrame, frozen: bool = False) -> pd.DataFrame:
     columns = [
         c for c in ("status", "row", "task_dataset", "seed", "error_type", "error", "path") if c in runs
     ]
-    return runs.loc[(runs["status"] != "complete") & (runs["frozen"] == frozen), columns]
+    listed = ~runs["status"].isin(
+        ["complete", "skipped"]
+    )  # a skipped cell (no dataset on disk) is no problem
+    return runs.loc[listed & (runs["frozen"] == frozen), columns]
 
 
 def ordered(present: Iterable, study: tuple[str, ...]) -> list[str]:
@@ -137,7 +140,8 @@ def study_table(
     ``table.attrs["metrics"]`` maps each column to its metric, ``table.attrs["frozen"]`` records the selection.
     Only complete runs enter the values.
     """
-    chosen = runs[runs["frozen"] == frozen]
+    # a skipped cell (its dataset is not on disk) is not part of the study: no row, column or "—" for it
+    chosen = runs[(runs["frozen"] == frozen) & (runs["status"] != "skipped")]
     rows = ordered(chosen["row"], STUDY_ROWS)
     columns = ordered(chosen["task_dataset"], STUDY_COLUMNS)
     if present_only:
