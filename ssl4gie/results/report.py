@@ -62,6 +62,16 @@ def write_results(
             + f"\n\n{SIGNIFICANCE_NOTE}\n",
         ),
     }
+    if "protocol" in runs:  # task.protocol=study reports some metrics in other units (depth): never mix them
+        protocols = runs.dropna(subset=["protocol"]).groupby("task_dataset")["protocol"].unique()
+        for column, found in protocols.items():
+            if len(found) > 1:
+                log.warning(
+                    "%s mixes evaluation protocols %s (task.protocol): its numbers are not comparable; "
+                    "table one protocol at a time (one sweep folder per protocol)",
+                    column,
+                    sorted(found),
+                )
     counts = runs["status"].value_counts()
     log.info(
         "%s: %d run folder(s): %d complete, %d failed, %d incomplete",

@@ -5,6 +5,7 @@ predictions compared with an independent implementation of the study's classifie
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -92,6 +93,18 @@ def test_study_classification_file_evaluates_as_their_model(backbone, family, tm
     expected = independent_probabilities(family, state, paths)
     got = rows[[f"p_{c}" for c in classes]].to_numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+    # and on a folder of your own frames (mode=predict input=DIR): the same probabilities for the same images
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, image in enumerate(paths):
+        (frames / f"frame {i}.jpg").write_bytes(Path(image).read_bytes())
+    execute(
+        compose_config([*overrides, "mode=predict", f"ckpt={path}", f"input={frames}"], tmp_path / "predict")
+    )
+    predicted = pd.read_csv(tmp_path / "predict" / "predictions" / "predictions.csv").sort_values("file")
+    order = np.argsort([f"frame {i}.jpg" for i in range(len(paths))])
+    np.testing.assert_allclose(predicted[[f"p_{c}" for c in classes]].to_numpy(), expected[order], atol=1e-5)
 
 
 def test_wrong_task_wrong_backbone_and_truncated_study_files_are_refused(tmp_paths, tmp_path):

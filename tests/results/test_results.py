@@ -291,3 +291,14 @@ def test_duplicate_seed_counts_once(sweep, caplog):
     table = study_table(collect_runs(root))
     assert table.loc[metrics["row"], (column, "n")] == 2
     assert "several complete runs of one cell and seed" in caplog.text
+
+
+def test_a_column_that_mixes_evaluation_protocols_is_flagged(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    for seed, protocol in ((1, "ssl4gie"), (2, "study")):
+        folder = tmp_path / f"seed{seed}"
+        write_run(folder, "RN-IN-SL", "depth/c3vd", seed)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "protocol": protocol}))
+    assert main([str(tmp_path)]) == 0
+    assert "depth/c3vd mixes evaluation protocols ['ssl4gie', 'study']" in caplog.text
