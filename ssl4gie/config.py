@@ -113,15 +113,10 @@ def fingerprint(cfg: DictConfig, weights: InitialWeights | None = None) -> str:
     dataset = container.get("dataset")
     if isinstance(dataset, dict) and isinstance(dataset.get("split"), str):
         dataset["split"] = identity_split(dataset["split"])
-    # Options added after runs were fingerprinted add nothing at the value that reproduces those runs, so existing
-    # runs keep their fingerprints: task.protocol=ssl4gie, and classification's task.macro_over=null (its
-    # protocol's classes, written out as the value it resolves to).
+    # Two spellings of one experiment: classification's task.macro_over=null means its protocol's classes
     task = container.get("task")
-    if isinstance(task, dict):
-        if task.get("name") == "classification" and "macro_over" in task and task["macro_over"] is None:
-            task["macro_over"] = "all" if task.get("protocol") == "study" else "present"
-        if task.get("protocol") == "ssl4gie":
-            task.pop("protocol")
+    if isinstance(task, dict) and task.get("name") == "classification" and task.get("macro_over", "") is None:
+        task["macro_over"] = "all" if task.get("protocol") == "study" else "present"
     if (identity := weights.identity()) is not None:
         container["initial_weights"] = identity
     return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -29,13 +29,20 @@ def segmentation_panels(image: np.ndarray, target: np.ndarray, pred: np.ndarray,
     errors = overlay(image, pred & target, TP)
     errors = overlay((errors * 255).astype(np.uint8), pred & ~target, FP)
     errors = overlay((errors * 255).astype(np.uint8), ~pred & target, FN)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
-    for ax, img, label in zip(
-        axes,
-        (image, overlay(image, target, (1.0, 0.9, 0.0)), errors),
-        ("image", "target", "prediction (green hit, red false, blue missed)"),
-        strict=True,
-    ):
+    return _panels(
+        [
+            (image, "image"),
+            (overlay(image, target, (1.0, 0.9, 0.0)), "target"),
+            (errors, "prediction (green hit, red false, blue missed)"),
+        ],
+        title,
+    )
+
+
+def _panels(panels: list[tuple[np.ndarray, str]], title: str):
+    """One row of labelled images under ``title``, 4 inches per panel."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.2))
+    for ax, (img, label) in zip(axes, panels, strict=True):
         ax.imshow(img)
         ax.set_title(label, fontsize=9)
         ax.axis("off")
@@ -54,13 +61,4 @@ def save_figure(fig, path: Path, dpi: int = 100) -> Path:
 
 def prediction_panels(image: np.ndarray, pred: np.ndarray, title: str = ""):
     """image | predicted mask tinted green (frames without ground truth)."""
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
-    for ax, img, label in zip(
-        axes, (image, overlay(image, pred.astype(bool), TP)), ("image", "prediction"), strict=True
-    ):
-        ax.imshow(img)
-        ax.set_title(label, fontsize=9)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    return fig
+    return _panels([(image, "image"), (overlay(image, pred.astype(bool), TP), "prediction")], title)

@@ -209,6 +209,21 @@ def study_resnet_depth_names(ours: dict) -> dict:
     return out
 
 
+def ref_conv(sd: dict, x: torch.Tensor, name: str, **kw) -> torch.Tensor:
+    """``F.conv2d`` with the weight (and bias, if any) that ``sd`` holds under ``name`` (functional references)."""
+    import torch.nn.functional as F
+
+    return F.conv2d(x, sd[f"{name}.weight"], sd.get(f"{name}.bias"), **kw)
+
+
+def ref_bn(sd: dict, x: torch.Tensor, name: str) -> torch.Tensor:
+    """Eval-mode BatchNorm (eps 1e-5) with the statistics and affine that ``sd`` holds under ``name``."""
+    import torch.nn.functional as F
+
+    stats = (sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"], sd[f"{name}.bias"])
+    return F.batch_norm(x, *stats, False, 0.0, 1e-5)
+
+
 def study_resnet_depth_forward(sd: dict, feats: list[torch.Tensor]) -> torch.Tensor:
     """The study's ResNet_from_Any depth decoder from its own key names (SPEC 4.4): per level, reduce (Conv1×1 +
     BN) the coarse map, ×2 bilinear (align_corners=True), concat (upsampled, skip), three bottlenecks; then the
@@ -216,19 +231,10 @@ def study_resnet_depth_forward(sd: dict, feats: list[torch.Tensor]) -> torch.Ten
     import torch.nn.functional as F
 
     def conv(x, name, **kw):
-        return F.conv2d(x, sd[f"{name}.weight"], sd.get(f"{name}.bias"), **kw)
+        return ref_conv(sd, x, name, **kw)
 
     def bn(x, name):
-        return F.batch_norm(
-            x,
-            sd[f"{name}.running_mean"],
-            sd[f"{name}.running_var"],
-            sd[f"{name}.weight"],
-            sd[f"{name}.bias"],
-            False,
-            0.0,
-            1e-5,
-        )
+        return ref_bn(sd, x, name)
 
     def block(x, name):
         p = f"{name}.process"

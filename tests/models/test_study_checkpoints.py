@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from checkpoint_layouts import (
     random_like,
+    ref_bn,
+    ref_conv,
     study_file,
     study_resnet_depth_forward,
     study_resnet_depth_names,
@@ -185,16 +187,7 @@ def study_dpt_forward(sd: dict, feats: list[torch.Tensor], head: str) -> torch.T
         return sd.get(f"decoder.{name}.bias")
 
     def bn(x, name):
-        return F.batch_norm(
-            x,
-            sd[f"decoder.{name}.running_mean"],
-            sd[f"decoder.{name}.running_var"],
-            w(name),
-            b(name),
-            False,
-            0.0,
-            1e-5,
-        )
+        return ref_bn(sd, x, f"decoder.{name}")
 
     def rcu(x, name):
         out = F.conv2d(F.relu(x), w(f"{name}.conv1"), b(f"{name}.conv1"), padding=1)
@@ -352,21 +345,10 @@ def smp_deeplab_forward(sd: dict, layer1: torch.Tensor, layer4: torch.Tensor) ->
     import torch.nn.functional as F
 
     def conv(x, name, **kw):
-        return F.conv2d(x, sd[f"{name}.weight"], sd.get(f"{name}.bias"), **kw)
+        return ref_conv(sd, x, name, **kw)
 
     def bn_relu(x, name):
-        return F.relu(
-            F.batch_norm(
-                x,
-                sd[f"{name}.running_mean"],
-                sd[f"{name}.running_var"],
-                sd[f"{name}.weight"],
-                sd[f"{name}.bias"],
-                False,
-                0.0,
-                1e-5,
-            )
-        )
+        return F.relu(ref_bn(sd, x, name))
 
     def separable(x, name, dilation=1):  # depthwise 3×3 (groups = channels), then pointwise 1×1
         x = conv(x, f"{name}.0", padding=dilation, dilation=dilation, groups=x.shape[1])

@@ -157,7 +157,7 @@ def test_protocol_errors_name_the_option_and_the_valid_values(tmp_paths):
     assert instantiate_checked(compose_config(cls).task).macro_over == "present"
 
 
-def test_the_default_protocol_keeps_the_fingerprints_of_earlier_runs(tmp_paths, tmp_path):
+def test_the_protocol_is_part_of_the_run_identity_and_macro_over_null_is_its_default(tmp_paths, tmp_path):
     from ssl4gie.config import fingerprint
 
     for task in ("classification", "segmentation"):
