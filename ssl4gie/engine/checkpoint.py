@@ -57,9 +57,13 @@ def read_model_checkpoint(path: str | Path, task: str, family: str) -> dict[str,
     return {"model": state, "model_config": None, "epoch": epoch, "best_epoch": epoch, "receipt": receipt}
 
 
+# model_config keys added later, with the value every earlier checkpoint had
+MODEL_CONFIG_DEFAULTS = {"registers": 0}
+
+
 def check_model_config(ckpt: dict, expected: dict, path: str | Path) -> None:
     """The checkpoint must come from the same task/backbone/decoder as the current config."""
-    found = ckpt["model_config"]
+    found = {**MODEL_CONFIG_DEFAULTS, **ckpt["model_config"]}  # checkpoints written before a key existed
     diffs = [
         f"{k}={found.get(k)!r} (checkpoint) vs {v!r} (config)"
         for k, v in expected.items()

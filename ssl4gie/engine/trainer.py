@@ -1,5 +1,11 @@
-"""The training engine: one loop for every task. It only needs ``task.training_step(...)["loss"]``,
-``task.predict`` and ``task.evaluator`` (and, optionally, ``task.augment_batch`` for augmentation on the device).
+"""The training engine: one loop for every task, finetuning and pretraining. It only needs
+``task.training_step(...)["loss"]``, ``task.predict`` and ``task.evaluator`` (and, optionally,
+``task.augment_batch`` for augmentation on the device and ``task.on_step`` for state a task updates per optimiser
+step, e.g. a momentum encoder's coefficient).
+
+Optimiser and learning-rate schedule are configuration (:mod:`ssl4gie.engine.optim`): AdamW + ReduceLROnPlateau
+on the validation metric for finetuning (the study's), LARS or AdamW with per-step warmup + cosine for pretraining.
+Scalars a training step returns besides ``loss`` (loss terms, monitors) are averaged per epoch into the history.
 
 Distributed data parallel when the environment describes a process group (SLURM job or torchrun): the effective
 batch size stays ``trainer.batch_size`` (micro-batch = batch_size / (accum_steps · world size), accum_steps chosen
@@ -19,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -27,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ssl4gie.data.collate import collate
 from ssl4gie.data.sampler import EpochSampler
-from ssl4gie.engine import distributed
+from ssl4gie.engine import distributed, optim
 from ssl4gie.engine.checkpoint import read_run_checkpoint
 from ssl4gie.engine.device import (
     resolve_accumulation,
@@ -38,6 +44,7 @@ from ssl4gie.engine.device import (
     resolve_workers,
 )
 from ssl4gie.errors import ConfigError, Ssl4gieError
+from ssl4gie.loggers.base import RunLogger
 from ssl4gie.tasks.base import Evaluator, Task
 from ssl4gie.utils.io import save_torch
 from ssl4gie.utils.seed import rng_state, seed_everything, seed_worker, set_rng_state
@@ -55,6 +62,11 @@ def to_device(value: Any, device: torch.device) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(to_device(v, device) for v in value)
     return value
+
+
+def _plain(node: Any) -> dict:
+    """A config node as a plain dict (resolved)."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
@@ -102,6 +114,8 @@ class Trainer:
         self.accum_steps, self.micro_batch = resolve_accumulation(
             int(cfg.batch_size), cfg.accum_steps, cfg.get("micro_batch", cfg.batch_size), self.dist.world_size
         )
+        if not getattr(task, "exact_accumulation", True):
+            self._check_no_accumulation(cfg)
         self.eval_batch = int(cfg.get("eval_batch_size") or self.micro_batch)
         sync_bn = self.dist.enabled and self.device.type == "cuda" and _has_batchnorm(model)
         if self.accum_steps > 1 or self.dist.world_size > 1:
@@ -140,22 +154,71 @@ class Trainer:
             )
         if cfg.get("compile", False):
             self.train_model = torch.compile(self.train_model, backend=cfg.get("compile_backend", "inductor"))
-        params = [p for p in model.parameters() if p.requires_grad]
+        # a model with a momentum branch names what the optimiser may touch (never the EMA copy)
+        trainable = getattr(model, "trainable_named_parameters", None)
+        named = trainable() if trainable else [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         fused = resolve_switch(cfg.get("fused_optimizer", "auto"), "fused_optimizer", self.device)
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer,
-            mode=task.monitor_mode,
-            factor=cfg.scheduler.factor,
-            patience=cfg.scheduler.patience,
-            threshold=cfg.scheduler.threshold,
-            min_lr=cfg.scheduler.min_lr,
-            eps=cfg.scheduler.get("eps", 1e-8),
-        )
+        opt_cfg = {**_plain(cfg.get("optimizer", {})), "lr": cfg.lr, "weight_decay": cfg.weight_decay}
+        if opt_cfg.get("name") in optim.OPTIMIZERS:  # trainer/default.yaml lists every optimiser's options
+            others = set().union(*(keys for _, keys in optim.OPTIMIZERS.values()))
+            others -= optim.OPTIMIZERS[opt_cfg["name"]][1]
+            opt_cfg = {k: v for k, v in opt_cfg.items() if k not in others}
+        self.optimizer = optim.build_optimizer(opt_cfg, named, fused=fused, option="trainer.optimizer")
+        sched = cfg.scheduler
+        self.schedule_name = sched.get("name", "plateau")
+        self.scheduler = None  # ReduceLROnPlateau (per epoch, on the validation metric)
+        self.step_schedule: optim.StepSchedule | None = None  # per optimiser step (set up in fit)
+        if self.schedule_name == "plateau":
+            if task.monitor is None:
+                raise ConfigError(
+                    f"trainer.scheduler.name=plateau needs a validation metric, which task={task.name} has not; "
+                    "use trainer.scheduler.name=warmup_cosine"
+                )
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer,
+                mode=task.monitor_mode,
+                factor=sched.factor,
+                patience=sched.patience,
+                threshold=sched.threshold,
+                min_lr=sched.min_lr,
+                eps=sched.get("eps", 1e-8),
+            )
+        elif self.schedule_name != "warmup_cosine":
+            raise ConfigError(
+                f"trainer.scheduler.name={self.schedule_name} is not valid; valid: plateau, warmup_cosine"
+            )
+        self.val_every = int(cfg.get("val_every", 1))
+        if self.val_every < 1:
+            raise ConfigError(f"trainer.val_every={self.val_every} must be at least 1")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.epoch, self.step_in_epoch, self.best, self.best_epoch, self.history = 0, 0, None, None, []
+        self.global_step = 0  # optimiser steps taken: the position in a per-step schedule
+        self.steps_per_epoch = 1  # set by fit() from the loader (benchmarks run train_epoch directly)
         self.generator = torch.Generator()
         self.stop_signal: int | None = None
+        # experiment trackers (ssl4gie.loggers), set by the CLI on rank 0: each gets every history row
+        self.loggers: list[RunLogger] = []
+
+    def _check_no_accumulation(self, cfg: DictConfig) -> None:
+        """A task whose loss couples the images of a batch (contrastive negatives, a cross-correlation, BatchNorm
+        statistics) cannot split its batch into accumulated micro-batches without changing what it computes: the
+        whole per-process batch goes through one forward pass, or the run stops here with what to do instead."""
+        per_rank = int(cfg.batch_size) // self.dist.world_size
+        if cfg.accum_steps != "auto" and int(cfg.accum_steps) > 1:
+            raise ConfigError(
+                f"trainer.accum_steps={cfg.accum_steps}: {self.task.accumulation_note} Use trainer.accum_steps=auto"
+                " (one forward pass per optimiser step)"
+            )
+        self.accum_steps, self.micro_batch = 1, per_rank
+        ceiling = int(cfg.get("micro_batch", per_rank))
+        if per_rank > ceiling:
+            raise ConfigError(
+                f"trainer.batch_size={cfg.batch_size} over {self.dist.world_size} process(es) is {per_rank} images "
+                f"per forward pass, above trainer.micro_batch={ceiling} (what a 48 GB GPU holds for this recipe), "
+                f"and {self.task.accumulation_note} Spread the batch over more GPUs (hydra.launcher.gpus_per_node), "
+                f"lower trainer.batch_size (the learning rate follows the recipe's linear scaling rule; README: "
+                f"Pretraining), or raise trainer.micro_batch if your GPU holds more"
+            )
 
     # ----------------------------------------------------------------------------------------------------- data
     def loader(self, dataset: Dataset, train: bool) -> DataLoader:
@@ -220,9 +283,10 @@ class Trainer:
         return {
             **self.weights_state(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "scaler": self.scaler.state_dict(),
             "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
             "rng": rng if rng is not None else [rng_state()],
         }
 
@@ -270,23 +334,28 @@ class Trainer:
             )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.best, self.best_epoch = ckpt["epoch"], ckpt["best"], ckpt["best_epoch"]
         self.step_in_epoch = ckpt.get("step_in_epoch", 0)
+        self.global_step = ckpt.get("global_step", 0)
         self.history = list(ckpt["history"])
         self._restore_rng(ckpt["rng"])
         where = f"epoch {self.epoch}/{self.cfg.epochs}"
         if self.step_in_epoch:
             where = f"step {self.step_in_epoch} of epoch {self.epoch + 1}/{self.cfg.epochs}"
-        log.info(
-            "resumed from %s after %s (best %s %.4f at epoch %s)",
-            path,
-            where,
-            self.task.monitor,
-            self.best if self.best is not None else math.nan,
-            self.best_epoch,
-        )
+        if self.task.monitor is None:
+            log.info("resumed from %s after %s (optimiser step %d)", path, where, self.global_step)
+        else:
+            log.info(
+                "resumed from %s after %s (best %s %.4f at epoch %s)",
+                path,
+                where,
+                self.task.monitor,
+                self.best if self.best is not None else math.nan,
+                self.best_epoch,
+            )
         return True
 
     # ------------------------------------------------------------------------------------------------- signals
@@ -325,13 +394,34 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------------- loop
     def fit(self, train_set: Dataset, val_set: Dataset) -> None:
         """Train until ``trainer.epochs``, validating every epoch; resumes automatically from ``last.pt``."""
-        self.resume()
+        resumed = self.resume()
         train_loader = self.loader(train_set, train=True)
-        if len(train_loader) < self.accum_steps:
+        # A loss that couples a batch's images needs whole batches (the last incomplete one is dropped)
+        whole = not getattr(self.task, "exact_accumulation", True)
+        if len(train_loader) < self.accum_steps or (
+            whole and len(train_set) < self.micro_batch * self.dist.world_size
+        ):
             raise ConfigError(
                 f"the train split has {len(train_set)} samples: too few for trainer.batch_size="
-                f"{self.cfg.batch_size}"
+                f"{self.cfg.batch_size}{' (one optimiser step needs a whole batch)' if whole else ''}; lower "
+                "trainer.batch_size or add data"
             )
+        self.steps_per_epoch = len(train_loader) // self.accum_steps
+        if self.schedule_name == "warmup_cosine":
+            sched = self.cfg.scheduler
+            self.step_schedule = optim.StepSchedule(
+                self.optimizer,
+                {
+                    k: sched.get(k, d)
+                    for k, d in (("name", None), ("warmup_epochs", 0), ("final_lr_ratio", 0.0))
+                },
+                steps_per_epoch=self.steps_per_epoch,
+                epochs=int(self.cfg.epochs),
+                peak_lr=float(self.cfg.lr),
+                option="trainer.scheduler",
+            )
+        if not resumed and self.cfg.get("val_at_start", False):
+            self._validate_at_start(val_set)
         self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         try:
             while self.epoch < self.cfg.epochs:
@@ -339,6 +429,26 @@ class Trainer:
         finally:
             for s, handler in self._previous_handlers.items():
                 signal.signal(s, handler)
+
+    def _validate_at_start(self, val_set: Dataset) -> None:
+        """``trainer.val_at_start``: the validation metrics of the initial weights as history row ``epoch 0``,
+        the baseline a monitor (e.g. a kNN probe) must beat."""
+        val_metrics: dict[str, float] = {}
+        if self.dist.is_main:
+            model = self.task.baseline_model(self.model, self.device)
+            val_metrics, _, _ = self.evaluate(val_set, "val", model=model)
+            log.info(
+                "epoch 0 (initial weights)  %s", "  ".join(f"{k} {v:.4f}" for k, v in val_metrics.items())
+            )
+        self._record({"epoch": 0, "step": 0, **val_metrics})
+        distributed.barrier(self.dist)
+
+    def _record(self, row: dict[str, Any]) -> None:
+        """Append ``row`` to the history (``history.csv``) and hand the same dict to the trackers (rank 0)."""
+        self.history.append(row)
+        if self.dist.is_main:
+            for tracker in self.loggers:
+                tracker.log_epoch(row)
 
     def _run_epoch(self, train_loader: DataLoader, val_set: Dataset) -> None:
         epoch = self.epoch + 1
@@ -348,45 +458,70 @@ class Trainer:
         start = time.perf_counter()
         train_stats = self.train_epoch(train_loader, epoch)
         self.epoch, self.step_in_epoch = epoch, 0
-        value = None
+        validate = epoch % self.val_every == 0 or epoch == int(self.cfg.epochs)
+        value, improved = None, False
         val_metrics: dict[str, float] = {}
-        if self.dist.is_main:
+        if validate and self.dist.is_main:
             val_metrics, _, _ = self.evaluate(val_set, "val")
-            value = val_metrics[self.task.monitor]
-        value = distributed.broadcast_float(value, self.dist, self.device)
-        self.scheduler.step(value)
-        improved = self.best is None or (
-            value > self.best if self.task.monitor_mode == "max" else value < self.best
-        )
-        if improved:
-            self.best, self.best_epoch = value, self.epoch
-        self.history.append(
+        if validate and self.task.monitor is not None:
+            if self.dist.is_main:
+                value = val_metrics[self.task.monitor]
+            value = distributed.broadcast_float(value, self.dist, self.device)
+            if self.scheduler is not None:
+                self.scheduler.step(value)
+            improved = self.best is None or (
+                value > self.best if self.task.monitor_mode == "max" else value < self.best
+            )
+            if improved:
+                self.best, self.best_epoch = value, self.epoch
+        lr = self.optimizer.param_groups[0]["lr"]
+        self._record(
             {
                 "epoch": self.epoch,
+                "step": self.global_step,
                 **train_stats,
                 **val_metrics,
-                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr": lr,
                 "epoch_time_s": time.perf_counter() - start,
             }
         )
         self.save(last=True, best=improved)
+        terms = "  ".join(
+            f"{k} {v:.4g}" for k, v in train_stats.items() if k not in ("train/loss", "train/data_wait")
+        )
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in val_metrics.items() if k != self.task.monitor)
+        monitor = f"  {self.task.monitor} {value:.4f}{' *' if improved else ''}" if value is not None else ""
         log.info(
-            "epoch %d/%d  train/loss %.4f  %s %.4f%s  lr %.1e  data wait %.0f%%  (%.1f s)",
+            "epoch %d/%d  train/loss %.4f%s%s%s  lr %.2e  data wait %.0f%%  (%.1f s)",
             self.epoch,
             self.cfg.epochs,
             train_stats["train/loss"],
-            self.task.monitor,
-            value,
-            " *" if improved else "",
-            self.optimizer.param_groups[0]["lr"],
+            f"  {terms}" if terms else "",
+            monitor,
+            f"  {shown}" if shown and self.task.monitor is None else "",
+            lr,
             100 * train_stats["train/data_wait"],
             time.perf_counter() - start,
         )
 
+    def _begin_step(self) -> dict[str, float]:
+        """Before an optimiser step's first micro-batch: the per-step learning rate and the task's own state."""
+        values = {}
+        if self.step_schedule is not None:
+            values["lr"] = self.step_schedule.apply(self.global_step)
+        total = int(self.cfg.epochs) * self.steps_per_epoch
+        values.update(self.task.on_step(self.global_step, total))
+        return values
+
     def train_epoch(self, loader: DataLoader, epoch: int) -> dict[str, float]:
+        """One pass over ``loader``; returns the epoch means of the loss and of every other scalar the training
+        step returned (``train/<name>``), the values :meth:`Task.on_step` set (last of the epoch), and the share
+        of time spent waiting for data."""
         self.train_model.train()
         accum = self.accum_steps
         total, count, data_time = 0.0, 0, 0.0
+        sums: dict[str, torch.Tensor] = {}  # other scalars, summed on the device (no sync per step)
+        step_values: dict[str, float] = {}
         self.optimizer.zero_grad(set_to_none=True)
         start = tick = time.perf_counter()
         bar = tqdm(
@@ -397,6 +532,8 @@ class Trainer:
         )
         for batch in bar:
             data_time += time.perf_counter() - tick
+            if count % accum == 0:
+                step_values = self._begin_step()
             batch = self._prepare(batch, train=True)
             with self.autocast():
                 out = self.task.training_step(self.train_model, batch)
@@ -408,20 +545,30 @@ class Trainer:
                 )
             self.scaler.scale(loss / accum).backward()
             count += 1
+            for name, value in out.items():
+                if name != "loss" and isinstance(value, torch.Tensor) and value.ndim == 0:
+                    sums[name] = sums.get(name, 0.0) + value.detach().float()
             if count % accum == 0:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step_in_epoch += accum
+                self.global_step += 1
                 if signum := self._agreed_stop_signal():
                     self._stop_now(signum)
             total += loss.item()
-            bar.set_postfix(loss=f"{total / count:.4f}")
+            bar.set_postfix(loss=f"{total / count:.4f}", **{k: f"{v:.3g}" for k, v in step_values.items()})
             tick = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)  # a trailing incomplete accumulation is dropped
         elapsed = time.perf_counter() - start
-        mean_loss = distributed.mean_over_ranks(total / max(count, 1), self.dist, self.device)
-        return {"train/loss": mean_loss, "train/data_wait": data_time / max(elapsed, 1e-9)}
+        stats = {"train/loss": distributed.mean_over_ranks(total / max(count, 1), self.dist, self.device)}
+        for name, value in sums.items():
+            stats[f"train/{name}"] = distributed.mean_over_ranks(
+                float(value) / max(count, 1), self.dist, self.device
+            )
+        stats.update({f"train/{k}": v for k, v in step_values.items() if k != "lr"})
+        stats["train/data_wait"] = data_time / max(elapsed, 1e-9)
+        return stats
 
     @torch.no_grad()
     def evaluate(
@@ -431,13 +578,16 @@ class Trainer:
         keep: int = 0,
         save_dir: Path | None = None,
         evaluator: Evaluator | None = None,
+        model: nn.Module | None = None,
     ) -> tuple[dict[str, float], list[dict], list[dict]]:
         """Metrics of ``split`` as ``{"<split>/<metric>": value}``, per-image rows, and ``keep`` items to draw.
 
         Runs on the bare model in this process (rank 0 under DDP), in ``trainer.eval_precision`` (fp32 by
         default, as the study), one ``trainer.eval_batch_size`` batch at a time. ``evaluator`` replaces the
-        task's (``keep`` and ``save_dir`` are then its own), e.g. ``Task.frame_predictor`` on frames."""
-        self.model.eval()
+        task's (``keep`` and ``save_dir`` are then its own), e.g. ``Task.frame_predictor`` on frames; ``model``
+        replaces the trained model (e.g. :meth:`Task.baseline_model`)."""
+        model = self.model if model is None else model
+        model.eval()
         if evaluator is None:
             evaluator = self.task.evaluator(keep=keep, save_dir=save_dir)
         for batch in tqdm(
@@ -448,7 +598,7 @@ class Trainer:
         ):
             batch = self._prepare(batch)
             with self.autocast(self.eval_dtype):
-                outputs = self.task.predict(self.model, batch)
+                outputs = self.task.predict(model, batch)
             evaluator.process(batch, outputs)
         metrics, rows = evaluator.compute()
         return {f"{split}/{k}": float(v) for k, v in metrics.items()}, rows, evaluator.kept

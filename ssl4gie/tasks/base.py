@@ -32,11 +32,17 @@ class Evaluator(ABC):
 
 
 class Task(ABC):
-    """A finetuning task: what the engine needs to train, evaluate and draw."""
+    """A finetuning or pretraining task: what the engine needs to train, evaluate and draw."""
 
     name: str
-    monitor: str  # e.g. "val/dice"
+    # The validation metric that selects best.pt and drives ReduceLROnPlateau, e.g. "val/dice"; None: no model
+    # selection (pretraining keeps its last epoch, as the reference codebases do)
+    monitor: str | None
     monitor_mode: str  # "max" or "min"
+    # Whether splitting a batch into accumulated micro-batches computes the same gradient (no coupling between a
+    # batch's images but BatchNorm's). False: the engine refuses accumulation and gives accumulation_note.
+    exact_accumulation: bool = True
+    accumulation_note: str = ""
 
     @abstractmethod
     def build_model(
@@ -58,7 +64,13 @@ class Task(ABC):
 
     @abstractmethod
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Forward + loss (in fp32); the dict must hold ``"loss"``."""
+        """Forward + loss; the dict must hold ``"loss"``. Other 0-dim tensors (loss terms, monitors) are averaged
+        per epoch into the history as ``train/<name>``."""
+
+    def on_step(self, step: int, total_steps: int) -> dict[str, float]:
+        """Called before each optimiser step (``step`` of ``total_steps``, counting from 0) to update per-step
+        state, e.g. a momentum schedule; returns values to show and log. Nothing by default."""
+        return {}
 
     @abstractmethod
     def predict(self, model: nn.Module, batch: dict[str, Any]) -> Any:
@@ -88,6 +100,11 @@ class Task(ABC):
         """Figures of the frames a :meth:`frame_predictor` kept into ``folder`` (``<stem>.png`` per frame, or one
         grid); return their paths. None by default."""
         return []
+
+    def baseline_model(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """The model ``trainer.val_at_start`` evaluates as the initial weights' baseline; ``model`` itself by
+        default."""
+        return model
 
     def use_study_model(self) -> None:
         """Build the study's variant of this task's model where ssl4gie's deliberately differs (called before
