@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check on one CUDA machine: the CUDA tests (pytest -m gpu tests/gpu) and the study benchmark
-# (python -m ssl4gie.bench_gpu), in well under 8 minutes on one H200.
+# GPU check on one CUDA machine: the CUDA tests (pytest -m gpu tests/gpu), the study benchmark
+# (python -m ssl4gie.bench_gpu) and the pretraining benchmark (python -m ssl4gie.bench_pretrain), in under
+# 10 minutes on one H200.
 #
 # The machine's Python 3.12 has torch, torchvision, timm, torchmetrics, numpy, pandas, matplotlib, scipy, pillow,
 # tqdm, filelock and tabulate, but not the Hydra stack: its wheels travel in the git-ignored .whl/ folder of the
@@ -26,7 +27,7 @@ for arg in "$@"; do
     --reuse-env) REUSE_ENV=1 ;;
     --allow-cpu) ALLOW_CPU=1 ;;
     --tiny) TINY=1 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "device-check: unknown option $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -134,6 +135,17 @@ elif ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/
   BENCH+=(--tiny --device cpu)
 fi
 part gpu-bench 240 "$PY" -m ssl4gie.bench_gpu "${BENCH[@]}"
+# pretraining speed of the four ssl × backbone pairs, about 2 minutes on one H200 (24 frames written once, cycled)
+PRETRAIN=(--all --out "$OUT/bench_pretrain.json" --work-dir "$WORK" --frames 24 --steps 5 --warmup 2 --no-progress --max-minutes 2.5)
+SMALL_PRETRAIN=(--tiny --input-size 64 --batch-size 8 --workers 0 --frame-sizes 96,160)
+if [ "$TINY" -eq 1 ]; then
+  PRETRAIN+=("${SMALL_PRETRAIN[@]}")
+elif ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+  PRETRAIN+=("${SMALL_PRETRAIN[@]}" --device cpu)
+else
+  PRETRAIN+=(--device cuda --batch-size 128 --workers 8)
+fi
+part pretrain-bench 200 "$PY" -m ssl4gie.bench_pretrain "${PRETRAIN[@]}"
 rm -rf "$WORK"
 
 echo

@@ -105,3 +105,21 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_and_resume_restores_eac
     assert "resumed from" in log and "restored the RNG state of each of 2 ranks" in log
     assert list(pd.read_csv(run / "history.csv")["epoch"]) == [1, 2, 3, 4, 5, 6]
     assert json.loads((run / "metrics.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize(("ssl", "backbone"), [("mocov3", "vit_b"), ("barlowtwins", "resnet50")])
+def test_ddp_pretraining_runs_with_the_global_batch_and_exports_once(ssl, backbone, tmp_path):
+    """2 processes × 4 frames = the global batch of 8: MoCo v3 gathers the keys of both ranks (16 logits per
+    query), Barlow Twins all-reduces its cross-correlation; rank 0 alone exports (the loss-level equality with one
+    process is tests/ssl/test_ssl_ddp.py)."""
+    from test_pretrain_runs import pretrain_overrides
+
+    run = tmp_path / "run"
+    code, out = finish(torchrun([*pretrain_overrides(tmp_path, ssl, backbone), f"hydra.run.dir={run}"]))
+    assert code == 0, out[-4000:]
+    log = (run / "run.log").read_text()
+    assert "batch 8 = 4 per process × 1 accumulation steps × 2 processes" in log
+    assert log.count("exported the backbone") == 1
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 2 * 3 and metrics["status"] == "complete"
+    assert (run / "export" / f"hyperkvasir_{ssl}_{backbone}.pth").is_file()

@@ -7,7 +7,8 @@ to write into a non-empty folder, and writes into a staging folder ``<root>.tmp-
 
 Sizes are ``(width, height)`` as in PIL. Command line::
 
-    python -m ssl4gie.data.synthetic {kvasir_seg,cvc_clinicdb,pranet,hyperkvasir,c3vd} OUT [--n N] [--seed S]
+    python -m ssl4gie.data.synthetic {kvasir_seg,cvc_clinicdb,pranet,hyperkvasir,hyperkvasir_unlabelled,c3vd} \\
+        OUT [--n N] [--seed S]
 """
 
 from __future__ import annotations
@@ -494,12 +495,49 @@ def write_c3vd(
     return Path(root)
 
 
+def write_hyperkvasir_unlabelled(
+    root: str | os.PathLike, count: int = 24, seed: int = 0, size_range: tuple[int, int] = (64, 256)
+) -> Path:
+    """Write HyperKvasir's unlabelled tree ``unlabeled-images/images/<uuid>.jpg`` (RGB JPEG, as the release).
+
+    ``count`` frames; width and height are drawn independently from ``size_range`` (inclusive), so sizes and
+    aspect ratios vary as in the release (and both portrait and landscape frames occur). About a third of the
+    frames show a polyp, the rest plain mucosa; every frame has the scope's vignette and glints. Raises
+    ValueError for count < 1 or a side under 32, FileExistsError if ``root`` is non-empty.
+    """
+    lo, hi = size_range
+    if count < 1 or not 32 <= lo <= hi:
+        raise ValueError(
+            f"write_hyperkvasir_unlabelled: need count >= 1 and 32 <= size_range[0] <= size_range[1], got "
+            f"{count=}, {size_range=}"
+        )
+    rng = np.random.default_rng(seed)
+    with _staging(root) as tmp:
+        folder = tmp / "unlabeled-images" / "images"
+        folder.mkdir(parents=True)
+        for _ in range(count):
+            w, h = (int(s) for s in rng.integers(lo, hi + 1, 2))
+            img_rng = _child(rng)
+            if img_rng.random() < 0.35:
+                rgb, _masks = _polyp_scene(img_rng, h, w, n_polyps=1)
+            else:
+                rgb = _mucosa(img_rng, h, w)
+                spots = [
+                    (img_rng.uniform(0, w), img_rng.uniform(0, h)) for _ in range(int(img_rng.integers(2, 8)))
+                ]
+                rgb = rgb + (1.1 - rgb) * _glints(img_rng, h, w, spots)[..., None]
+            file = f"{uuid.UUID(bytes=img_rng.bytes(16), version=4)}.jpg"
+            Image.fromarray(_finish(img_rng, rgb)).save(folder / file, quality=_JPEG_QUALITY)
+    return Path(root)
+
+
 _WRITERS: dict[str, tuple[Callable[..., Path], Callable[[int], dict]]] = {
     "kvasir_seg": (write_kvasir_seg, lambda n: {"n": n}),
     "cvc_clinicdb": (write_cvc_clinicdb, lambda n: {"n": n}),
     "pranet": (write_pranet_set, lambda n: {"n": n}),
     "hyperkvasir": (write_hyperkvasir, lambda n: {"classes": dict.fromkeys(HYPERKVASIR_CLASSES, n)}),
     "c3vd": (write_c3vd, lambda n: {"videos": dict.fromkeys(C3VD_VIDEOS, n)}),
+    "hyperkvasir_unlabelled": (write_hyperkvasir_unlabelled, lambda n: {"count": n}),
 }
 
 
@@ -513,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="output folder; must not exist or be empty")
     parser.add_argument(
         "--n", type=int, default=None,
-        help="kvasir_seg/cvc_clinicdb/pranet: images; hyperkvasir: images per class; c3vd: frames per video",
+        help="kvasir_seg/cvc_clinicdb/pranet/hyperkvasir_unlabelled: images; hyperkvasir: images per class; "
+        "c3vd: frames per video",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -1,0 +1,1 @@
+"""Self-supervised pretraining: method pieces (heads, losses, momentum encoders, masking), one file per method."""

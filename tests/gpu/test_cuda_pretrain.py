@@ -1,0 +1,28 @@
+"""Pretraining on a GPU: every (method, backbone) pair runs the real command in the default GPU precision (bf16
+autocast; the losses in fp32), exports a backbone the finetuning reader takes, and its losses are finite
+(``pytest -m gpu tests/gpu``; ``SSL4GIE_GPU_TESTS_DEVICE=cpu`` runs the same on the CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import run_cli
+from cuda_support import DEVICE, GPU_TESTS
+from test_pretrain_runs import PAIRS, pretrain_overrides
+
+pytestmark = GPU_TESTS
+
+
+@pytest.mark.parametrize(("ssl", "backbone"), PAIRS)
+def test_pretraining_command_on_the_gpu(ssl, backbone, tmp_path):
+    run = tmp_path / "run"
+    args = pretrain_overrides(tmp_path, ssl, backbone, f"trainer.device={DEVICE}", "trainer.num_workers=2")
+    result = run_cli([*args, f"hydra.run.dir={run}"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and metrics["device"].startswith(DEVICE.split(":")[0])
+    history = pd.read_csv(run / "history.csv")
+    assert history["train/loss"].iloc[1:].notna().all()
+    assert (run / "export" / f"hyperkvasir_{ssl}_{backbone}.pth").is_file()
