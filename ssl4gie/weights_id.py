@@ -11,7 +11,9 @@ replaced file is another; hub weights are identified by their tag; ``pretraining
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,23 @@ class InitialWeights:
         return None
 
 
+# TensorFlow checkpoints come as <prefix>.index + <prefix>.data-NNNNN-of-NNNNN (+ .meta), or a SavedModel folder.
+_TF_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
+TENSORFLOW_CONVERSION = (
+    "Convert it once into a PyTorch state dict of a torchvision ResNet-50 (keys conv1.*, bn1.*, layer1-4.*; "
+    "README: Pretrained weights, SimCLR v2 from TensorFlow) and pass that .pth file."
+)
+
+
+def is_tensorflow_checkpoint(path: Path) -> bool:
+    """True for a TensorFlow checkpoint (an index/data/meta shard, or the prefix naming them) or SavedModel folder."""
+    if path.is_dir():
+        return (path / "saved_model.pb").is_file()
+    if _TF_SUFFIX.search(path.name) or path.suffix == ".pb":
+        return True
+    return not path.exists() and any(path.parent.glob(glob.escape(path.name) + ".index"))
+
+
 def _missing(pretraining: DictConfig, backbone: DictConfig, weights_dir: str | Path) -> ConfigError:
     name = (pretraining.get("files") or {}).get(backbone.name)
     where = Path(weights_dir) / name if name else "a file"
@@ -69,6 +88,11 @@ def weights_file(pretraining: DictConfig, backbone: DictConfig, weights_dir: str
         return None
     if pretraining.get("checkpoint"):
         path = Path(str(pretraining.checkpoint)).expanduser()
+        if is_tensorflow_checkpoint(path):
+            raise ConfigError(
+                f"pretraining.checkpoint={path} is a TensorFlow checkpoint; ssl4gie reads PyTorch files only. "
+                + TENSORFLOW_CONVERSION
+            )
         if not path.is_file():
             raise ConfigError(f"pretraining.checkpoint={path} does not exist (expected a weight file)")
         return path

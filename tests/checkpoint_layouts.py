@@ -24,6 +24,7 @@ from ssl4gie.models.checkpoints import (
     PROJECTOR,
     TRAINING_STATE,
 )
+from ssl4gie.models.checkpoints.rules import MASK_TOKEN, QUEUE, STUDENT
 
 ARCH = {"resnet": "resnet50", "vit": "vit_b"}
 
@@ -261,3 +262,123 @@ def study_resnet_depth_forward(sd: dict, feats: list[torch.Tensor]) -> torch.Ten
     out = conv(F.interpolate(out, **up), "output_conv.1", padding=1)
     out = F.relu(conv(F.interpolate(out, **up), "output_conv.3", padding=1))
     return torch.sigmoid(conv(out, "output_conv.5"))
+
+
+# ------------------------------------------------ DINO, DINOv2, MoCo v2, MAE training (GI foundation rows, issue 12)
+# Builders for the layouts of issue 12. They take a backbone state dict in timm names (of any size) and return the
+# file's object as published; the projection heads are small (their key names are what the converters see).
+def dino_head(prefix: str, in_dim: int, hidden: int = 64, bottleneck: int = 16, out: int = 128):
+    """DINO's head: MLP Linear-GELU-Linear-GELU-Linear (mlp.0/2/4, with biases) + weight-normalised last layer."""
+    sd = {}
+    for i, (d_in, d_out) in zip(
+        (0, 2, 4), itertools.pairwise([in_dim, hidden, hidden, bottleneck]), strict=True
+    ):
+        sd[f"{prefix}mlp.{i}.weight"], sd[f"{prefix}mlp.{i}.bias"] = (
+            torch.randn(d_out, d_in),
+            torch.randn(d_out),
+        )
+    sd[f"{prefix}last_layer.weight_g"] = torch.ones(out, 1)
+    sd[f"{prefix}last_layer.weight_v"] = torch.randn(out, bottleneck)
+    return sd
+
+
+def dino_full(teacher: dict[str, Tensor], student_conv1: Tensor, width: int, ddp_teacher: bool):
+    """DINO's ``checkpoint.pth``: teacher (``module.`` only when DINO wrapped it for SyncBN: ResNets), student
+    (always DDP). The student shares the teacher's tensors except ``conv1.weight`` / ``patch_embed.proj.weight``
+    (``student_conv1``), so the file stays small and a swapped network is still caught."""
+    first = "conv1.weight" if "conv1.weight" in teacher else "patch_embed.proj.weight"
+    t_prefix = "module." if ddp_teacher else ""
+    t_head, s_head = dino_head(f"{t_prefix}head.", width), dino_head("module.head.", width)
+    student = prefixed("module.backbone.", {**teacher, first: student_conv1}) | s_head
+    top = {
+        "student": student,
+        "teacher": prefixed(f"{t_prefix}backbone.", teacher) | t_head,
+        "optimizer": OPTIMIZER,
+        "epoch": 100,
+        "args": {"arch": "resnet50", "out_dim": 128},  # the real file holds an argparse.Namespace
+        "dino_loss": {"center": torch.zeros(1, 128)},
+    }
+    dropped = {
+        PROJECTOR: list(t_head),
+        STUDENT: [f"student.{k}" for k in student],
+        TRAINING_STATE: ["optimizer", "epoch", "args", "dino_loss"],
+    }
+    return top, dropped
+
+
+def dinov2_hub(timm_vit: dict[str, Tensor], registers: int = 0) -> dict[str, Tensor]:
+    """``dinov2_vitb14[_reg4]_pretrain.pth`` from a timm DINOv2 ViT without registers (its pos_embed has the CLS
+    slot, as DINOv2's): plus ``mask_token`` and, with registers, ``register_tokens``."""
+    width = timm_vit["cls_token"].shape[-1]
+    sd = {**timm_vit, "mask_token": torch.randn(1, width)}
+    if registers:
+        sd["register_tokens"] = torch.randn(1, registers, width)
+    return sd
+
+
+def dinov2_expected(hub: dict[str, Tensor]) -> dict[str, Tensor]:
+    """What a hub file is in timm's names, written out independently of timm's converter: the mask token goes;
+    with registers, ``reg_token`` = ``register_tokens``, the CLS slot of the table is added to ``cls_token`` and
+    ``pos_embed`` keeps the patch part (timm's register ViTs embed patches only)."""
+    out = {k: v for k, v in hub.items() if k not in ("mask_token", "register_tokens")}
+    if "register_tokens" in hub:
+        out["reg_token"] = hub["register_tokens"]
+        out["cls_token"] = hub["cls_token"] + hub["pos_embed"][:, :1]
+        out["pos_embed"] = hub["pos_embed"][:, 1:]
+    return out
+
+
+def chunked(sd: dict[str, Tensor], chunks: int) -> dict[str, Tensor]:
+    """DINOv2 ``block_chunks``: ``blocks.<i>.`` -> ``blocks.<chunk>.<i>.`` (global block index kept)."""
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    size = -(-depth // chunks)
+    out = {}
+    for key, value in sd.items():
+        if key.startswith("blocks."):
+            i = int(key.split(".")[1])
+            key = f"blocks.{i // size}.{key.split('.', 1)[1]}"
+        out[key] = value
+    return out
+
+
+def dinov2_training(hub: dict[str, Tensor], chunks: int = 4):
+    """A DINOv2 training checkpoint: ``{'model': {teacher.backbone.*, teacher.dino_head.*, teacher.ibot_head.*,
+    student.*}, 'optimizer', 'iteration'}``, blocks in ``chunks`` chunks; the student shares the teacher's
+    tensors but for its patch projection."""
+    width = hub["cls_token"].shape[-1]
+    backbone = chunked(hub, chunks)
+    heads = dino_head("dino_head.", width) | dino_head("ibot_head.", width)
+    student_backbone = {
+        **backbone,
+        "patch_embed.proj.weight": torch.randn_like(hub["patch_embed.proj.weight"]),
+    }
+    model = prefixed("teacher.", prefixed("backbone.", backbone) | heads)
+    student = prefixed("student.", prefixed("backbone.", student_backbone) | heads)
+    top = {"model": model | student, "optimizer": OPTIMIZER, "iteration": 124999}
+    dropped = {
+        MASK_TOKEN: ["teacher.backbone.mask_token"],
+        PROJECTOR: [f"teacher.{k}" for k in heads],
+        STUDENT: list(student),
+        TRAINING_STATE: ["optimizer", "iteration"],
+    }
+    return top, dropped
+
+
+def mocov2(resnet: dict[str, Tensor], width: int):
+    """MoCo v2's ``moco_v2_800ep_pretrain.pth.tar``: query encoder with a 2-layer MLP ``fc`` (biases), key encoder
+    (shares the query's tensors but for conv1), queue and pointer."""
+    fc = {"fc.0.weight": torch.randn(width, width), "fc.0.bias": torch.randn(width)}
+    fc |= {"fc.2.weight": torch.randn(128, width), "fc.2.bias": torch.randn(128)}
+    query = prefixed("module.encoder_q.", resnet | fc)
+    key = prefixed(
+        "module.encoder_k.", {**resnet, "conv1.weight": torch.randn_like(resnet["conv1.weight"])} | fc
+    )
+    queue = {"module.queue": torch.randn(128, 256), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
+    top = {"epoch": 800, "arch": "resnet50", "state_dict": query | key | queue, "optimizer": OPTIMIZER}
+    dropped = {
+        PROJECTOR: [f"module.encoder_q.{k}" for k in fc],
+        MOMENTUM_ENCODER: list(key),
+        QUEUE: list(queue),
+        TRAINING_STATE: ["epoch", "arch", "optimizer"],
+    }
+    return top, dropped

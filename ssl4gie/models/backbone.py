@@ -3,29 +3,118 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import timm
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ssl4gie.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ssl4gie.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
+REGISTER_CHOICES = "auto, 0, 4 (or another count of register tokens)"
 
-def create_backbone(cfg: DictConfig, input_size: int, **extra) -> nn.Module:
-    """A bare timm backbone (no classifier) for ``cfg`` = the ``backbone`` config group.
 
-    ``backbone.tiny=true`` shrinks it with ``tiny_kwargs`` (fewer blocks/channels, same key names) for CPU tests.
-    ``extra`` comes from the task (e.g. ``output_stride=16`` for DeepLabV3+).
+def register_count(cfg: DictConfig) -> int | None:
+    """``backbone.registers`` as a number (None for a backbone without the option).
+
+    ``auto`` must have been resolved from the weights first (:func:`ssl4gie.models.pretrained.resolve_backbone`).
     """
+    value = cfg.get("registers")
+    if value is None:
+        return None
+    if value == "auto":
+        raise ConfigError(
+            f"backbone.registers=auto (backbone={cfg.name}) is resolved from the weights file when the model is "
+            "built; build it through the task, or give the count"
+        )
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"backbone.registers={value} is not valid; valid: {REGISTER_CHOICES}")
+    return value
+
+
+def _build(cfg: DictConfig, input_size: int, **extra) -> nn.Module:
     kwargs = OmegaConf.to_container(cfg.timm_kwargs, resolve=True) or {}
+    if registers := register_count(cfg):
+        kwargs.update(OmegaConf.to_container(cfg.get("register_kwargs") or {}, resolve=True))
+        kwargs["reg_tokens"] = registers
     if cfg.get("tiny", False):
         kwargs.update(OmegaConf.to_container(cfg.tiny_kwargs, resolve=True))
     if cfg.get("img_size_kwarg"):
         kwargs[cfg.img_size_kwarg] = input_size
     kwargs.update(extra)
     return timm.create_model(cfg.timm_name, pretrained=False, num_classes=0, **kwargs)
+
+
+def create_backbone(cfg: DictConfig, input_size: int, **extra) -> nn.Module:
+    """A bare timm backbone (no classifier) for ``cfg`` = the ``backbone`` config group.
+
+    ``backbone.tiny=true`` shrinks it with ``tiny_kwargs`` (fewer blocks/channels, same key names) for CPU tests.
+    ``backbone.registers=N`` (N > 0) adds N register tokens with ``register_kwargs`` (timm's layout of DINOv2 with
+    registers: ``reg_tokens=N``, position embedding on patches only). ``extra`` comes from the task (e.g.
+    ``output_stride=16`` for DeepLabV3+). A ViT input size that is not a multiple of the patch is logged.
+    """
+    model = _build(cfg, input_size, **extra)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is not None and input_size % patch[0]:
+        log.warning(
+            "input size %d is not a multiple of backbone=%s's %d-px patch: the last %d pixels of each side are "
+            "not seen (choose task.input_size as a multiple of %d)",
+            input_size,
+            cfg.name,
+            patch[0],
+            input_size % patch[0],
+            patch[0],
+        )
+    return model
+
+
+def patch_size(cfg: DictConfig) -> int | None:
+    """The ViT patch side of backbone ``cfg`` (None for a CNN), read from the timm model built on the meta
+    device (no memory, no initialisation cost)."""
+    with torch.device("meta"):
+        patch = getattr(getattr(_build(cfg, 224), "patch_embed", None), "patch_size", None)
+    return None if patch is None else int(patch[0])
+
+
+class InputNorm(nn.Module):
+    """Re-normalises ImageNet-normalised images (what every dataset reader gives, SPEC 2.2) to a pretraining
+    row's own ``mean`` / ``std`` (e.g. EndoViT's): ``(x·σ_in + μ_in − μ) / σ``, one affine map per channel.
+
+    The constants are non-persistent buffers: model checkpoints keep their keys, and they follow ``.to(device)``.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ConfigError(
+                f"pretraining.normalize needs 3 means and 3 positive stds (RGB), got mean {list(mean)}, "
+                f"std {list(std)}"
+            )
+        source_mean, source_std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        mean_t, std_t = torch.tensor([float(m) for m in mean]), torch.tensor([float(s) for s in std])
+        self.register_buffer("scale", (source_std / std_t).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", ((source_mean - mean_t) / std_t).view(1, 3, 1, 1), persistent=False)
+        self.mean, self.std = mean_t.tolist(), std_t.tolist()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean}, std={self.std} (from ImageNet's)"
+
+
+def input_norm(normalize: Mapping[str, Any] | None) -> InputNorm | None:
+    """:class:`InputNorm` for a row's ``pretraining.normalize`` (``{mean, std}``), or None (ImageNet's, as is)."""
+    if not normalize:
+        return None
+    if "mean" not in normalize or "std" not in normalize:
+        raise ConfigError(f"pretraining.normalize={dict(normalize)} needs both mean and std (3 values each)")
+    return InputNorm(list(normalize["mean"]), list(normalize["std"]))
 
 
 def evenly_spaced_indices(encoder: nn.Module, count: int = 4) -> list[int]:
@@ -54,13 +143,20 @@ class BackboneModel(nn.Module):
 
     With ``frozen=True`` the encoder's parameters get no gradients and its normalisation statistics stay fixed (it
     is kept in eval mode), so the backbone is bit-identical after training; only the head/decoder learns.
+    ``norm`` (:func:`input_norm` of the row) maps the ImageNet-normalised inputs to the row's own normalisation
+    before the encoder; subclasses call :meth:`prepare` on their input.
     """
 
-    def __init__(self, encoder: nn.Module, frozen: bool = False) -> None:
+    def __init__(self, encoder: nn.Module, frozen: bool = False, norm: InputNorm | None = None) -> None:
         super().__init__()
         self.encoder, self.frozen = encoder, frozen
+        self.input_norm = norm
         if frozen:
             encoder.requires_grad_(False)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's input: ``x`` re-normalised for the row (unchanged for ImageNet-normalised rows)."""
+        return x if self.input_norm is None else self.input_norm(x)
 
     def train(self, mode: bool = True) -> BackboneModel:
         super().train(mode)
@@ -104,12 +200,17 @@ class EncoderDecoder(BackboneModel):
     """A timm encoder and a dense decoder fed with the encoder's intermediates; output at the input's size."""
 
     def __init__(
-        self, encoder: nn.Module, decoder: nn.Module, indices: Sequence[int], frozen: bool = False
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        indices: Sequence[int],
+        frozen: bool = False,
+        norm: InputNorm | None = None,
     ) -> None:
-        super().__init__(encoder, frozen)
+        super().__init__(encoder, frozen, norm)
         self.decoder, self.indices = decoder, list(indices)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self.encoder_grad():
-            feats = intermediates(self.encoder, x, self.indices)
+            feats = intermediates(self.encoder, self.prepare(x), self.indices)
         return self.decoder(feats, out_size=tuple(x.shape[-2:]))

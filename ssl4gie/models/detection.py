@@ -7,8 +7,13 @@
   the study's detector (SPEC 4.6, 11.17-18): ``pyramid_norm="study"`` (whole-(C,H,W) LayerNorms, biased convs)
   and ``pos_embed="study"`` (the 1×(1+G²)×C table kept, its G×G part interpolated to the canvas every forward).
 
-Both take images as float [0, 1] tensors and normalise with ImageNet mean/std inside (SPEC 2.2), use torchvision's
-default anchors (one size per level, 32..512, ratios 0.5/1/2) and 2 classes (background, polyp).
+Both take images as float [0, 1] tensors and normalise inside with ImageNet mean/std (SPEC 2.2) unless a pretraining
+row has its own (``image_mean`` / ``image_std``), use torchvision's default anchors (one size per level, 32..512,
+ratios 0.5/1/2) and 2 classes (background, polyp).
+
+The pyramid is always built on a stride-16 map of the canvas (RoIAlign infers power-of-two level scales from map
+sizes): a ViT with another patch size (ViT-B/14) sees the canvas resized to (canvas/16)·patch px, so its token grid
+is canvas/16 whatever the patch.
 """
 
 from __future__ import annotations
@@ -31,17 +36,24 @@ from ssl4gie.errors import ConfigError
 log = logging.getLogger(__name__)
 
 NUM_CLASSES = 2  # background + polyp
+PYRAMID_STRIDE = 16  # the ViT map the simple feature pyramid starts from, in canvas pixels per token
 RESNET_LAYERS = ("layer1", "layer2", "layer3", "layer4")  # timm ResNets use torchvision's child names
 
 
 def _faster_rcnn(
-    backbone: nn.Module, score_threshold: float, detections_per_img: int, rois_per_image: int, **transform
+    backbone: nn.Module,
+    score_threshold: float,
+    detections_per_img: int,
+    rois_per_image: int,
+    image_mean: Sequence[float] | None = None,
+    image_std: Sequence[float] | None = None,
+    **transform,
 ) -> FasterRCNN:
     return FasterRCNN(
         backbone,
         num_classes=NUM_CLASSES,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
+        image_mean=list(IMAGENET_MEAN if image_mean is None else image_mean),
+        image_std=list(IMAGENET_STD if image_std is None else image_std),
         box_score_thresh=score_threshold,
         box_detections_per_img=detections_per_img,
         box_batch_size_per_image=rois_per_image,
@@ -60,6 +72,8 @@ def resnet_fpn_detector(
     score_threshold: float = 0.05,
     detections_per_img: int = 100,
     rois_per_image: int = 512,
+    image_mean: Sequence[float] | None = None,
+    image_std: Sequence[float] | None = None,
 ) -> FasterRCNN:
     """Faster R-CNN with an FPN on the timm ResNet ``encoder`` (weights already loaded).
 
@@ -69,6 +83,7 @@ def resnet_fpn_detector(
     ``min_size`` unless the long side would exceed ``max_size``; detections come back in the input's frame.
     Post-processing keeps detections scored above ``score_threshold``, at most ``detections_per_img``; the box
     head trains on ``rois_per_image`` sampled proposals per image (torchvision's ``box_batch_size_per_image``).
+    ``image_mean`` / ``image_std``: the input normalisation (None: ImageNet's).
     """
     if frozen or frozen_bn:
         encoder = freeze_batch_norm_2d(encoder)
@@ -89,7 +104,14 @@ def resnet_fpn_detector(
         extra_blocks=LastLevelMaxPool(),
     )
     return _faster_rcnn(
-        backbone, score_threshold, detections_per_img, rois_per_image, min_size=min_size, max_size=max_size
+        backbone,
+        score_threshold,
+        detections_per_img,
+        rois_per_image,
+        image_mean,
+        image_std,
+        min_size=min_size,
+        max_size=max_size,
     )
 
 
@@ -144,20 +166,23 @@ class WindowPartition:
 
 
 def drop_class_token(vit: nn.Module) -> None:
-    """Remove a timm ViT's CLS token after its weights are loaded (the detector uses patch tokens only).
+    """Remove a timm ViT's CLS token and register tokens after its weights are loaded (the detector uses patch
+    tokens only: windows partition a grid of patches, and the study's detector deletes the CLS token too).
 
     The position embedding keeps its patch part (requires_grad unchanged: frozen sin-cos tables stay frozen),
     so ``forward_features`` returns B×(H·W)×C tokens.
     """
-    if vit.cls_token is None:
+    registers = getattr(vit, "reg_token", None)
+    if vit.cls_token is None and registers is None:
         return
-    if getattr(vit, "reg_token", None) is not None:
-        raise ConfigError("the ViT detector supports ViTs with a class token only, not register tokens")
+    if registers is not None:
+        log.info("ViT detector: the %d register tokens are removed with the class token", registers.shape[1])
     if vit.pos_embed is not None and not vit.no_embed_class:
         patch_part = vit.pos_embed.detach()[:, vit.num_prefix_tokens :].clone()
         vit.pos_embed = nn.Parameter(patch_part, requires_grad=vit.pos_embed.requires_grad)
-    vit.cls_token = None
+    vit.cls_token, vit.reg_token = None, None
     vit.num_prefix_tokens, vit.has_class_token = 0, False
+    vit.num_reg_tokens = 0
 
 
 PYRAMID_NORMS = ("channel", "study")
@@ -266,6 +291,7 @@ class ViTDetBackbone(nn.Module):
         else:
             drop_class_token(vit)
         self.grid = tuple(vit.patch_embed.grid_size)
+        self.input_size = tuple(vit.patch_embed.img_size)  # the canvas is resized to it if it differs
         depth = len(vit.blocks)
         global_blocks = global_attention_blocks(depth) if global_blocks is None else sorted(global_blocks)
         if any(not 0 <= i < depth for i in global_blocks):
@@ -338,6 +364,8 @@ class ViTDetBackbone(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        if tuple(x.shape[-2:]) != self.input_size:  # a patch other than 16: keep one token per 16 canvas px
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             if self.pos_embed_mode == "study":
                 tokens = self._study_tokens(x)
@@ -360,23 +388,27 @@ def vit_detector(
     rois_per_image: int = 512,
     pyramid_norm: str = "channel",
     pos_embed: str = "resample",
+    image_mean: Sequence[float] | None = None,
+    image_std: Sequence[float] | None = None,
 ) -> FasterRCNN:
     """Faster R-CNN on a timm ViT (weights already loaded) for ``canvas_size``² inputs.
 
-    With ``pos_embed="resample"`` the ViT must be built for ``canvas_size``; with ``"study"`` it is built for its
-    pretraining size (the table the study's files hold) and runs at the canvas (:class:`ViTDetBackbone`).
+    The ViT runs on a (canvas/16)² token grid (:func:`vit_input_size`: the canvas itself for a 16-px patch). With
+    ``pos_embed="resample"`` the ViT must be built for that input size; with ``"study"`` it is built for its
+    pretraining size (the table the study's files hold) and runs at it (:class:`ViTDetBackbone`).
     Inputs must already be ``canvas_size``² canvases (see ``ssl4gie.data.detection.to_canvas``); the model's
-    transform keeps that size (``fixed_size``) and adds no padding. Head options as :func:`resnet_fpn_detector`;
-    ``pyramid_norm`` as :class:`SimpleFeaturePyramid`.
+    transform keeps that size (``fixed_size``) and adds no padding. Head options and normalisation as
+    :func:`resnet_fpn_detector`; ``pyramid_norm`` as :class:`SimpleFeaturePyramid`.
     """
     patch = vit.patch_embed.patch_size[0]
-    built_for_canvas = tuple(vit.patch_embed.img_size) == (canvas_size, canvas_size)
-    if canvas_size % patch or (pos_embed != "study" and not built_for_canvas):
+    size = vit_input_size(canvas_size, patch)
+    built_for_canvas = tuple(vit.patch_embed.img_size) == (size, size)
+    if pos_embed != "study" and not built_for_canvas:
         raise ConfigError(
-            f"task.canvas_size={canvas_size} must be a multiple of the ViT patch size {patch}, and the ViT must be "
-            f"built for it (found img_size {tuple(vit.patch_embed.img_size)})"
+            f"task.canvas_size={canvas_size}: the ViT (patch {patch}) must be built for {size}² inputs "
+            f"(found img_size {tuple(vit.patch_embed.img_size)})"
         )
-    grid = (canvas_size // patch, canvas_size // patch)
+    grid = (canvas_size // PYRAMID_STRIDE, canvas_size // PYRAMID_STRIDE)
     backbone = ViTDetBackbone(
         vit, window_size, global_blocks, fpn_channels, frozen, pyramid_norm, pos_embed, grid
     )
@@ -385,8 +417,21 @@ def vit_detector(
         score_threshold,
         detections_per_img,
         rois_per_image,
+        image_mean,
+        image_std,
         min_size=canvas_size,
         max_size=canvas_size,
         fixed_size=(canvas_size, canvas_size),
-        size_divisible=patch,
+        size_divisible=PYRAMID_STRIDE,
     )
+
+
+def vit_input_size(canvas_size: int, patch: int) -> int:
+    """Side of the ViT's input for a ``canvas_size``² canvas: one ``patch``-px token per 16 canvas px (so the
+    pyramid starts at stride 16 for any patch size; the canvas itself for a 16-px patch)."""
+    if canvas_size % PYRAMID_STRIDE:
+        raise ConfigError(
+            f"task.canvas_size={canvas_size} must be a multiple of {PYRAMID_STRIDE} (the ViT detector's "
+            f"pyramid starts from one token per {PYRAMID_STRIDE} canvas pixels)"
+        )
+    return canvas_size // PYRAMID_STRIDE * patch

@@ -1,5 +1,6 @@
 """Backbone initialisation per pretraining row: random, supervised ImageNet (timm hub or a local file), and the
-self-supervised releases (MoCo v3, Barlow Twins, MAE) read as published by :mod:`ssl4gie.models.checkpoints`.
+self-supervised releases (MoCo v2/v3, Barlow Twins, MAE, DINO, DINOv2, ...) read as published by
+:mod:`ssl4gie.models.checkpoints`.
 
 Where the weights come from, in order: ``pretraining.checkpoint`` (an explicit file), ``paths.weights_dir/<files.
 <backbone>>`` (the documented file name of the row), then timm's hub tag (``hub.<backbone>``) where the row has one
@@ -12,14 +13,47 @@ import logging
 from pathlib import Path
 
 import timm
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from ssl4gie.errors import ConfigError
-from ssl4gie.models.checkpoints import LoadReceipt, load_backbone_weights
+from ssl4gie.models.checkpoints import LoadReceipt, load_backbone_weights, read_checkpoint, to_timm_state_dict
+from ssl4gie.models.checkpoints.io import CheckpointError
 from ssl4gie.weights_id import weights_file  # one lookup for the loader, the fingerprint and the run folder
 
 log = logging.getLogger(__name__)
+
+
+def _file_registers(path: Path) -> int:
+    """Register tokens in a weights file, read as the loader reads it (``reg_token`` after conversion)."""
+    try:
+        state, _ = to_timm_state_dict(read_checkpoint(path))
+    except CheckpointError as err:
+        raise CheckpointError(f"Checkpoint {path}: {err}") from None
+    token = state.get("reg_token")
+    return 0 if token is None else int(token.shape[1])
+
+
+def resolve_backbone(backbone: DictConfig, pretraining: DictConfig, weights_dir: str | Path) -> DictConfig:
+    """``backbone`` with ``registers: auto`` replaced by a count; unchanged for backbones without the option.
+
+    ``auto`` = what the weights have: the count in the weights file the row loads, else (timm hub weights, or
+    ``pretraining.load=false`` in eval/predict, whose checkpoint must match the row) the row's declared
+    ``registers.<backbone>``, else 0 (random initialisation). Called by every task before building its encoder.
+    """
+    if backbone.get("registers") != "auto":
+        return backbone
+    declared = (pretraining.get("registers") or {}).get(backbone.name, 0)
+    count, source = int(declared), f"pretraining={pretraining.name}'s registers.{backbone.name}"
+    if pretraining.get("load", True) and pretraining.name != "random":
+        path = weights_file(pretraining, backbone, weights_dir)
+        if path is not None:
+            count, source = _file_registers(path), str(path)
+    log.info("backbone.registers=auto: %d register token(s), as %s has", count, source)
+    resolved = OmegaConf.create(OmegaConf.to_container(backbone, resolve=True))
+    with open_dict(resolved):
+        resolved.registers = count
+    return resolved
 
 
 def _from_hub(
@@ -56,7 +90,8 @@ def load_pretrained(
 ) -> LoadReceipt | None:
     """Initialise ``encoder`` (a bare timm backbone) as the pretraining row says and log the load receipt.
 
-    MoCo v3 / MAE ViTs keep their fixed sin-cos position embedding frozen (``train_pos_embed: false``, the study's
+    ``backbone`` must be the one ``encoder`` was built from (after :func:`resolve_backbone`). MoCo v3 / MAE ViTs
+    keep their fixed sin-cos position embedding frozen (``train_pos_embed: false``, the study's
     setting); the patch projection is trainable (MoCo v3 pretrained it frozen, the study finetunes it).
 
     ``pretraining.load=false`` (set by ``mode=eval|predict``, whose checkpoint holds every tensor) builds the

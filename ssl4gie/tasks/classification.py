@@ -30,8 +30,8 @@ from ssl4gie.data.transforms import normalize
 from ssl4gie.errors import ConfigError, DatasetError
 from ssl4gie.losses import class_weights, weighted_cross_entropy
 from ssl4gie.metrics.classification import classification_metrics, confusion_matrix
-from ssl4gie.models.backbone import BackboneModel, create_backbone
-from ssl4gie.models.pretrained import load_pretrained
+from ssl4gie.models.backbone import BackboneModel, InputNorm, create_backbone, input_norm
+from ssl4gie.models.pretrained import load_pretrained, resolve_backbone
 from ssl4gie.tasks.base import Evaluator, Task
 from ssl4gie.utils.io import save_dataframe_csv
 from ssl4gie.visualize import save_figure
@@ -51,13 +51,15 @@ class Classifier(BackboneModel):
     only the head learns (the study's ``--frozen``).
     """
 
-    def __init__(self, encoder: nn.Module, num_classes: int, frozen: bool = False) -> None:
-        super().__init__(encoder, frozen)
+    def __init__(
+        self, encoder: nn.Module, num_classes: int, frozen: bool = False, norm: InputNorm | None = None
+    ) -> None:
+        super().__init__(encoder, frozen, norm)
         self.head = nn.Linear(encoder.num_features, num_classes)  # PyTorch default init, as the study
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self.encoder_grad():
-            features = self.encoder(x)
+            features = self.encoder(self.prepare(x))
         return self.head(features)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -127,9 +129,11 @@ class ClassificationTask(Task):
     def build_model(
         self, backbone: DictConfig, pretraining: DictConfig, frozen: bool, weights_dir: str
     ) -> nn.Module:
+        backbone = resolve_backbone(backbone, pretraining, weights_dir)
         encoder = create_backbone(backbone, self.input_size)
         load_pretrained(encoder, pretraining, backbone, weights_dir, self.input_size)
-        return Classifier(encoder, len(self.classes), frozen=frozen)
+        norm = input_norm(pretraining.get("normalize"))
+        return Classifier(encoder, len(self.classes), frozen=frozen, norm=norm)
 
     def build_datasets(self, reader, splits, cache_dir, progress):
         if reader.class_names != self.classes:

@@ -20,15 +20,16 @@ from ssl4gie.data.frames import FrameDataset
 from ssl4gie.data.readers import open_image
 from ssl4gie.errors import ConfigError
 from ssl4gie.metrics.detection import DetectionMetricAccumulator
-from ssl4gie.models.backbone import create_backbone
+from ssl4gie.models.backbone import create_backbone, patch_size
 from ssl4gie.models.detection import (
     POS_EMBEDS,
     PYRAMID_NORMS,
     global_attention_blocks,
     resnet_fpn_detector,
     vit_detector,
+    vit_input_size,
 )
-from ssl4gie.models.pretrained import load_pretrained
+from ssl4gie.models.pretrained import load_pretrained, resolve_backbone
 from ssl4gie.tasks.base import Evaluator, Task
 from ssl4gie.utils.io import write_json
 from ssl4gie.visualize import save_figure
@@ -132,6 +133,7 @@ class DetectionTask(Task):
         # options of the detector built (checked against a checkpoint's in eval/predict mode).
         self.canvas: int | None = None
         self._structure: dict = {}
+        self.image_norm: dict = {}  # the row's input normalisation (None: ImageNet's), set by build_model
 
     # ------------------------------------------------------------------------------------------------ model
     def build_model(
@@ -143,13 +145,19 @@ class DetectionTask(Task):
                 f"task=detection has no detector for backbone family '{backbone.family}' "
                 f"(backbone={backbone.name}); known families: {sorted(builders)}"
             )
-        # The ViT's position embedding is built (and pretrained weights resampled) for the canvas; ResNets take
+        backbone = resolve_backbone(backbone, pretraining, weights_dir)
+        # The ViT's position embedding is built (and pretrained weights resampled) for its input: the canvas, or
+        # for a patch other than 16 px the canvas resized to one token per 16 px (vit_input_size); ResNets take
         # any size and ignore the value. The study's variant keeps the table at the pretraining size instead.
         size = self.canvas_size
-        if backbone.family == "vit" and self.pos_embed == "study":
-            size = timm.get_pretrained_cfg(backbone.timm_name).input_size[-1]
+        if backbone.family == "vit":
+            size = vit_input_size(self.canvas_size, patch_size(backbone))
+            if self.pos_embed == "study":
+                size = timm.get_pretrained_cfg(backbone.timm_name).input_size[-1]
         encoder = create_backbone(backbone, size)
         load_pretrained(encoder, pretraining, backbone, weights_dir, size)
+        normalize = pretraining.get("normalize") or {}
+        self.image_norm = {"image_mean": normalize.get("mean"), "image_std": normalize.get("std")}
         return builders[backbone.family](encoder, pretraining, frozen)
 
     def _resnet(self, encoder: nn.Module, pretraining: DictConfig, frozen: bool) -> nn.Module:
@@ -175,6 +183,7 @@ class DetectionTask(Task):
             fpn_channels=self.fpn_channels,
             min_size=self.min_size,
             max_size=self.max_size,
+            **self.image_norm,
             **self.head,
         )
 
@@ -200,6 +209,7 @@ class DetectionTask(Task):
             fpn_channels=self.fpn_channels,
             pyramid_norm=self.pyramid_norm,
             pos_embed=self.pos_embed,
+            **self.image_norm,
             **self.head,
         )
 

@@ -21,9 +21,15 @@ from ssl4gie.data.transforms import SegmentationTrainTransform, normalize
 from ssl4gie.errors import ConfigError
 from ssl4gie.losses import soft_dice_loss
 from ssl4gie.metrics.segmentation import PROTOCOLS, SegmentationMetricAccumulator, binary_metrics
-from ssl4gie.models.backbone import EncoderDecoder, create_backbone, evenly_spaced_indices, feature_channels
+from ssl4gie.models.backbone import (
+    EncoderDecoder,
+    create_backbone,
+    evenly_spaced_indices,
+    feature_channels,
+    input_norm,
+)
 from ssl4gie.models.dilation import dilate_like_smp
-from ssl4gie.models.pretrained import load_pretrained
+from ssl4gie.models.pretrained import load_pretrained, resolve_backbone
 from ssl4gie.tasks.base import Evaluator, Task
 from ssl4gie.utils.io import atomic_path
 from ssl4gie.visualize import prediction_panels, save_figure, segmentation_panels
@@ -40,7 +46,9 @@ def build_dense_model(
     frozen: bool,
     weights_dir: str,
 ) -> EncoderDecoder:
-    """Encoder from timm + the task's decoder for the backbone's family, built from the encoder's feature shapes.
+    """Encoder from timm + the task's decoder for the backbone's family, built from the encoder's feature shapes
+    (channels and token grid: any ViT width, patch size or register count, no per-backbone branches); the row's
+    ``pretraining.normalize`` re-normalises the inputs before the encoder.
 
     The family's decoder spec may name encoder stages to dilate as smp 0.3.2 does (``encoder_dilation``, e.g.
     ``{layer4: 2}``: every conv of layer4 at stride 1, dilation 2), applied before the features are measured.
@@ -51,6 +59,7 @@ def build_dense_model(
             f"(backbone={backbone.name}); known families: {sorted(decoders)}"
         )
     spec = decoders[backbone.family]
+    backbone = resolve_backbone(backbone, pretraining, weights_dir)
     extra = dict(spec.get("backbone_kwargs") or {})
     encoder = create_backbone(backbone, input_size, **extra)
     if spec.get("encoder_dilation"):
@@ -59,7 +68,8 @@ def build_dense_model(
     indices = list(spec.indices) if spec.get("indices") is not None else evenly_spaced_indices(encoder)
     channels = feature_channels(encoder, indices, input_size)
     decoder = instantiate(spec.head, in_channels=channels)
-    model = EncoderDecoder(encoder, decoder, indices, frozen=frozen)
+    norm = input_norm(pretraining.get("normalize"))
+    model = EncoderDecoder(encoder, decoder, indices, frozen=frozen, norm=norm)
     model.freeze_unused(torch.zeros(1, 3, input_size, input_size))  # e.g. a ViT's final norm (DDP needs this)
     return model
 

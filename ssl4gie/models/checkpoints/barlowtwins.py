@@ -17,6 +17,7 @@ from ssl4gie.models.checkpoints.rules import (
 )
 
 NAME = "barlowtwins_full"
+LAYOUT = "a Barlow Twins checkpoint.pth ({'model': {'module.backbone.*', 'module.projector.*'}})"
 # Barlow Twins' `bn` is the affine-free BatchNorm on the projector output, part of the projection head.
 RULES: Rules = (("backbone.", KEEP), ("projector.", PROJECTOR), ("bn.", PROJECTOR))
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ssl4gie.errors import Ssl4gieError
+from ssl4gie.weights_id import TENSORFLOW_CONVERSION, is_tensorflow_checkpoint
 
 
 class CheckpointError(Ssl4gieError, ValueError):
@@ -30,6 +31,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     pickled Python objects (refused, never retried unsafely), or a top level that is not a dict.
     """
     path = Path(path)
+    if is_tensorflow_checkpoint(path):
+        raise CheckpointError(
+            f"Checkpoint {path} is a TensorFlow checkpoint (SimCLR v1/v2 and other TensorFlow releases); ssl4gie "
+            f"reads PyTorch files only. {TENSORFLOW_CONVERSION}"
+        )
     if not path.is_file():
         raise CheckpointError(
             f"Checkpoint file {path} does not exist or is not a file; check the weights path."

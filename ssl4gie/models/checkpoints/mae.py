@@ -19,6 +19,7 @@ from ssl4gie.models.checkpoints.rules import (
 )
 
 NAME = "mae"
+LAYOUT = "an MAE file ({'model': ViT keys, with or without the decoder, optimizer and args})"
 RULES: Rules = (("mask_token", MAE_DECODER), ("decoder_", MAE_DECODER), *PLAIN_RULES)
 
 

@@ -20,6 +20,7 @@ from ssl4gie.models.checkpoints.rules import (
 )
 
 NAME = "mocov3"
+LAYOUT = "a MoCo v3 .pth.tar ({'state_dict': {'module.base_encoder.*', 'module.momentum_encoder.*', ...}})"
 RULES: Rules = (
     ("base_encoder.fc.", PROJECTOR),
     ("base_encoder.head.", PROJECTOR),

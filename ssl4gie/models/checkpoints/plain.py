@@ -1,5 +1,8 @@
 """Plain torchvision / timm backbone state dicts (bare, or under ``'state_dict'`` / ``'model'``), e.g. torchvision's
-``resnet50-19c8e357.pth`` or Barlow Twins' released ``resnet50.pth``; a 1000-way classifier is dropped."""
+``resnet50-19c8e357.pth``, Barlow Twins' released ``resnet50.pth`` or DINO's backbone-only releases; a 1000-way
+classifier is dropped. Keys may carry a DDP ``module.`` prefix and/or a ``backbone.`` prefix (frameworks that keep
+the encoder as ``model.backbone``); with ``backbone.``, the other top-level modules of such a file (``head``,
+``neck``, ``projector``, ``fc``) are its projection head."""
 
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ from typing import Any
 from ssl4gie.models.checkpoints.io import CheckpointError
 from ssl4gie.models.checkpoints.rules import (
     PLAIN_RULES,
+    PROJECTOR,
     Dropped,
+    Rules,
     StateDict,
     apply_rules,
     guess_architecture,
@@ -17,10 +22,14 @@ from ssl4gie.models.checkpoints.rules import (
 )
 
 NAME = "plain"
-EXPECTED_LAYOUTS = (
-    "expected a MoCo v3 .pth.tar ({'state_dict': {'module.base_encoder.*', ...}}), a Barlow Twins checkpoint.pth "
-    "({'model': {'module.backbone.*', ...}}), an MAE file ({'model': ViT keys}) or a plain ResNet-50 / ViT-B "
-    "state dict (optionally under 'state_dict' or 'model')"
+LAYOUT = (
+    "a plain ResNet / ViT state dict (optionally under 'state_dict' or 'model', keys optionally prefixed "
+    "'module.' and/or 'backbone.')"
+)
+BACKBONE_PREFIX = "backbone."
+BACKBONE_RULES: Rules = (
+    *((BACKBONE_PREFIX + prefix, outcome) for prefix, outcome in PLAIN_RULES),
+    *((head, PROJECTOR) for head in ("head.", "neck.", "projector.", "fc.")),
 )
 
 
@@ -38,8 +47,10 @@ def detect(obj: Mapping[str, Any]) -> bool:
 
 
 def convert(obj: Mapping[str, Any]) -> tuple[StateDict, Dropped]:
-    """Drop a classifier head if present."""
+    """Strip ``module.`` / ``backbone.`` prefixes; drop a classifier head (and, with ``backbone.``, the heads)."""
     where = location(obj)
     if where is None:
-        raise CheckpointError(f"no ResNet or ViT state dict found; {EXPECTED_LAYOUTS}.")
-    return apply_rules(obj, where, PLAIN_RULES, "plain state dict")
+        raise CheckpointError(f"no ResNet or ViT state dict found; expected {LAYOUT}.")
+    state = obj[where] if where else obj
+    prefixed = any(k.removeprefix("module.").startswith(BACKBONE_PREFIX) for k in state)
+    return apply_rules(obj, where, BACKBONE_RULES if prefixed else PLAIN_RULES, "plain state dict")

@@ -7,6 +7,7 @@ rule matches is an error, so a converter can never drop something silently (STYL
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -24,6 +25,9 @@ MOMENTUM_ENCODER = "momentum encoder"
 MAE_DECODER = "MAE decoder"
 CLASSIFIER_HEAD = "classifier head"
 TRAINING_STATE = "optimizer/training state"
+STUDENT = "student (the EMA teacher is the one evaluated)"
+MASK_TOKEN = "mask token"
+QUEUE = "negative-key queue"
 KEEP = None  # rule outcome: keep the tensor, with the rule's prefix stripped
 
 Rules = tuple[tuple[str, str | None], ...]
@@ -47,6 +51,19 @@ def guess_architecture(keys: Iterable[str]) -> str:
     if is_vit == is_resnet:
         return "unknown"
     return "vit" if is_vit else "resnet"
+
+
+def prefix_counts(obj: Mapping[str, Any], depth: int = 2, limit: int = 6) -> list[tuple[str, int]]:
+    """The ``limit`` most common key prefixes (first ``depth`` dotted parts) of a loaded checkpoint, counting the
+    tensors of top-level state dicts under their top-level name (``state_dict.module.encoder_q``)."""
+    names = []
+    for top, value in obj.items():
+        if isinstance(value, Tensor):
+            names.append(top)
+        elif isinstance(value, dict):
+            names += [f"{top}.{k}" for k, v in value.items() if isinstance(v, Tensor)]
+    counts = Counter(".".join(name.split(".")[: depth + (0 if name in obj else 1)]) for name in names)
+    return counts.most_common(limit)
 
 
 def tensor_dict(value: Any) -> dict[str, Tensor] | None:
