@@ -26,6 +26,7 @@ from torchvision.transforms import v2
 
 from ssl4gie.data import cache as decoded_cache
 from ssl4gie.data.readers import ensure_root, is_hidden, log_hidden, open_image, visible_files
+from ssl4gie.data.splits import DEFAULT_FOLD_SEED, SplitOptions
 from ssl4gie.data.transforms import normalize, photometric
 from ssl4gie.errors import ConfigError, DatasetError
 
@@ -196,7 +197,9 @@ class C3VD:
 
     Args mirror the other readers (``root``, ``name``, ``task``, ``split``, ``download``, ``synthetic``), plus
     ``unknown_videos`` (``skip``: warn and leave out video folders the table does not know; ``error``: refuse)
-    and ``max_depth_mm`` (the depth that the 16-bit code 65535 stands for).
+    and ``max_depth_mm`` (the depth that the 16-bit code 65535 stands for). ``train_fraction``, ``fraction_seed``,
+    ``folds``, ``fold``, ``fold_seed``: a label fraction and k-fold cross-validation, by whole videos
+    (:class:`ssl4gie.data.splits.SplitOptions`).
     """
 
     title = "C3VD"
@@ -211,11 +214,20 @@ class C3VD:
         synthetic: dict | None = None,
         unknown_videos: str = "skip",
         max_depth_mm: float = 100.0,
+        train_fraction: float = 1.0,
+        fraction_seed: int = 0,
+        folds: int | None = None,
+        fold: int = 0,
+        fold_seed: int = DEFAULT_FOLD_SEED,
     ) -> None:
         if unknown_videos not in UNKNOWN_VIDEOS:
             raise ConfigError(
                 f"dataset.unknown_videos={unknown_videos} is not valid; valid: {', '.join(UNKNOWN_VIDEOS)}"
             )
+        self.split_options = SplitOptions(
+            split, train_fraction, fraction_seed, 1, folds, fold, fold_seed, dataset=name
+        )
+        self._splits: dict[str, list[int]] | None = None
         self.name, self.task, self.download, self.max_depth_mm = name, task, download, float(max_depth_mm)
         # all / test: the study's table decides which videos exist; ``splits()`` then regroups them
         self.split_name = split
@@ -315,7 +327,15 @@ class C3VD:
 
     def splits(self) -> dict[str, list[int]]:
         """Index lists into ``items`` for train/val/test, each in split-table order, frames numerically;
-        ``dataset.split=all``: every frame in ``test`` (train and val empty)."""
+        ``dataset.split=all``: every frame in ``test`` (train and val empty). Folds and a label fraction
+        (:meth:`SplitOptions.apply`) take whole videos. Computed once per reader."""
+        if self._splits is None:
+            self._splits = self.split_options.apply(
+                self._table_split, groups=[frame.video for frame in self.items]
+            )
+        return self._splits
+
+    def _table_split(self) -> dict[str, list[int]]:
         if self.split_name == "all":
             return {"train": [], "val": [], "test": list(range(len(self.items)))}
         return {s: [i for i, f in enumerate(self.items) if self.split_of[f.video] == s] for s in SPLITS}

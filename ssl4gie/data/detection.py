@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ssl4gie.data.readers import ensure_root, list_images, log_hidden, open_image, require_dir
-from ssl4gie.data.splits import choose_split
+from ssl4gie.data.splits import DEFAULT_FOLD_SEED, SplitOptions, choose_split
 from ssl4gie.data.synthetic import write_kvasir_seg
 from ssl4gie.data.transforms import photometric
 from ssl4gie.errors import DatasetError
@@ -118,6 +118,8 @@ class KvasirDetection:
     ``items`` follows the sorted image list, so ``splits()`` is the study's split and equals the segmentation
     split of the same folder. Every image needs an entry in the box file; entries without an image are ignored
     (with a warning). ``synthetic={n:.., seed:..}`` writes synthetic data in this layout when ``root`` is missing.
+    ``train_fraction``, ``fraction_seed``, ``folds``, ``fold``, ``fold_seed``: as for Kvasir-SEG's segmentation
+    reader, so the same options give the same images (:class:`ssl4gie.data.splits.SplitOptions`).
     """
 
     title = "Kvasir-SEG"
@@ -131,8 +133,17 @@ class KvasirDetection:
         split: str = "study",
         download: str | None = None,
         synthetic: dict | None = None,
+        train_fraction: float = 1.0,
+        fraction_seed: int = 0,
+        folds: int | None = None,
+        fold: int = 0,
+        fold_seed: int = DEFAULT_FOLD_SEED,
     ) -> None:
+        self.split_options = SplitOptions(
+            split, train_fraction, fraction_seed, 1, folds, fold, fold_seed, dataset=name
+        )
         self.name, self.task, self.split_name, self.download = name, task, split, download
+        self._splits: dict[str, list[int]] | None = None
         self.root = ensure_root(root, self.title, self.layout, download, synthetic, write_kvasir_seg)
         self.box_file = self._find_box_file()
         self.items = self._read()
@@ -181,8 +192,12 @@ class KvasirDetection:
         return items
 
     def splits(self) -> dict[str, list[int]]:
-        """Index lists into ``items`` for train/val/test of ``dataset.split`` (see :func:`choose_split`)."""
-        return choose_split(self.split_name, len(self.items))
+        """Index lists into ``items`` for train/val/test of ``dataset.split`` (see :func:`choose_split`), folds
+        and label fraction applied (:meth:`SplitOptions.apply`): the same lists as Kvasir-SEG's segmentation
+        reader with the same options. Computed once per reader."""
+        if self._splits is None:
+            self._splits = self.split_options.apply(lambda: choose_split(self.split_name, len(self.items)))
+        return self._splits
 
 
 # ---------------------------------------------------------------------------------------------- box geometry

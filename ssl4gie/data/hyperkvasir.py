@@ -11,8 +11,10 @@ and the image order are the study's, because the split indices (SPEC 2.3) refer 
 
 from __future__ import annotations
 
+import csv
+import functools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,14 @@ from torchvision.transforms import v2
 
 from ssl4gie.data import cache as decoded_cache
 from ssl4gie.data.readers import ensure_root, is_hidden, log_hidden, open_image, require_dir, visible_files
-from ssl4gie.data.splits import choose_split
+from ssl4gie.data.splits import (
+    DEFAULT_FOLD_SEED,
+    OFFICIAL,
+    OFFICIAL_SPLIT_FILE,
+    SplitOptions,
+    choose_split,
+    holdout_split,
+)
 from ssl4gie.data.transforms import normalize, photometric
 from ssl4gie.errors import ConfigError, DatasetError
 
@@ -38,6 +47,11 @@ CATEGORIES = (
     "therapeutic-interventions",
 )
 LAYOUT = f"<root>/{LABELED}/<tract>/<category>/<class>/*.jpg"
+#: HyperKvasir's official k-fold split files (:data:`OFFICIAL_SPLIT_FILE` and ``5_fold_split.csv`` beside it, in
+#: the dataset's GitHub repository simula/hyper-kvasir): ';'-separated, header ``file-name;class-name;split-index``,
+#: one row per labelled image of every category (file name with ".jpg").
+OFFICIAL_COLUMNS = {"file": "file-name", "fold": "split-index"}
+OFFICIAL_SOURCE = "https://github.com/simula/hyper-kvasir/tree/master/official_splits"
 
 
 def study_order(names: Iterable[str]) -> list[str]:
@@ -68,6 +82,11 @@ class HyperKvasir:
     class without images cannot be learnt or scored). ``study_size``: the image count of the release the
     study's split indices were made for; another count only logs a warning (the split is then still the
     study's algorithm, but not the published indices).
+
+    ``train_fraction``, ``fraction_seed``, ``fraction_min_per_class``, ``folds``, ``fold``, ``fold_seed``: a label
+    fraction and k-fold cross-validation, stratified by class (:class:`ssl4gie.data.splits.SplitOptions`).
+    ``split="official"``: fold ``fold`` of the official split file (``official_split_file``, relative to the
+    root; its columns and delimiter are options too) is the test split (:meth:`official_split`).
     """
 
     title = "HyperKvasir (labelled images)"
@@ -83,14 +102,33 @@ class HyperKvasir:
         synthetic: dict | None = None,
         classes: Sequence[str] | None = None,
         study_size: int | None = None,
+        train_fraction: float = 1.0,
+        fraction_seed: int = 0,
+        fraction_min_per_class: int = 1,
+        folds: int | None = None,
+        fold: int = 0,
+        fold_seed: int = DEFAULT_FOLD_SEED,
+        official_split_file: str = OFFICIAL_SPLIT_FILE,
+        official_split_columns: Mapping[str, str] | None = None,
+        official_split_delimiter: str = ";",
     ) -> None:
         if category not in CATEGORIES:
             raise ConfigError(f"dataset.category={category} is not valid; valid: {', '.join(CATEGORIES)}")
+        self.split_options = SplitOptions(
+            split, train_fraction, fraction_seed, fraction_min_per_class, folds, fold, fold_seed, True, name
+        )
         self.name, self.task, self.split_name, self.category = name, task, split, category
         self.download = download
         self.root = ensure_root(
             root, self.title, LAYOUT, download, synthetic, write_synthetic, demo="demo_classification"
         )
+        official_path = Path(str(official_split_file)).expanduser()
+        # relative to the root, so that a run's identity does not depend on where the data lies
+        self.official_split_file = official_path if official_path.is_absolute() else self.root / official_path
+        self.official_columns = {**OFFICIAL_COLUMNS, **dict(official_split_columns or {})}
+        self.official_delimiter = str(official_split_delimiter)
+        self.official_folds: int | None = None  # set when an official split is read
+        self._splits: dict[str, list[int]] | None = None
         self.class_names, self.items = self._scan()
         if classes is not None:
             self._check_classes([str(c) for c in classes])
@@ -167,8 +205,118 @@ class HyperKvasir:
         )
 
     def splits(self) -> dict[str, list[int]]:
-        """Index lists into ``items`` for train/val/test of ``dataset.split`` (see :func:`choose_split`)."""
-        return choose_split(self.split_name, len(self.items))
+        """Index lists into ``items`` for train/val/test of ``dataset.split`` (:func:`choose_split`, or
+        :meth:`official_split`), folds and label fraction applied (:meth:`SplitOptions.apply`; stratified by
+        class). Computed once per reader."""
+        if self._splits is None:
+            if self.split_name == OFFICIAL:
+                base = self.official_split
+            else:
+                base = functools.partial(choose_split, self.split_name, len(self.items))
+            self._splits = self.split_options.apply(base, labels=self.labels, class_names=self.class_names)
+        return self._splits
+
+    def official_split(self) -> dict[str, list[int]]:
+        """``dataset.split=official``: fold ``dataset.fold`` of the official file is the test split; validation
+        is a seeded class-stratified draw of round(0.1 N) images from the other folds (``dataset.fold_seed``),
+        the rest is train (:func:`holdout_split`). The file's rows are matched to images by file name; its
+        class column is not used (the releases renamed classes, e.g. ``oesophagitis-b-d`` in the file)."""
+        fold_of = read_official_split(
+            self.official_split_file, self.official_columns, self.official_delimiter
+        )
+        folds = sorted(set(fold_of.values()))
+        if folds != list(range(len(folds))):
+            raise DatasetError(
+                f"official split file {self.official_split_file}: fold ids (column "
+                f"'{self.official_columns['fold']}') must be 0..K-1, found {folds}"
+            )
+        self.official_folds = len(folds)
+        fold = self.split_options.fold
+        if fold >= len(folds):
+            raise ConfigError(
+                f"dataset.fold={fold}: the official split file {self.official_split_file} has {len(folds)} "
+                f"folds, numbered 0..{len(folds) - 1}"
+            )
+        item_folds = []
+        missing = []
+        for item in self.items:
+            found = fold_of.get(item.image.name, fold_of.get(item.image.stem))
+            if found is None:
+                missing.append(item.image.name)
+            item_folds.append(found)
+        if missing:
+            raise DatasetError(
+                f"{len(missing)} image(s) of {self.name} are not in the official split file "
+                f"{self.official_split_file} (e.g. {missing[0]}): the file belongs to another release. Use the "
+                "file of your release, or dataset.split=study / dataset.folds=K"
+            )
+        test = [i for i, f in enumerate(item_folds) if f == fold]
+        pool = [i for i, f in enumerate(item_folds) if f != fold]
+        log.info(
+            "%s: official split %s, fold %d of %d as test (%d images)",
+            self.name,
+            self.official_split_file.name,
+            fold,
+            len(folds),
+            len(test),
+        )
+        return holdout_split(test, pool, len(self.items), self.split_options.fold_seed, self.labels)
+
+
+def read_official_split(path: Path, columns: Mapping[str, str], delimiter: str = ";") -> dict[str, int]:
+    """File name -> fold id from one of HyperKvasir's official split files (:data:`OFFICIAL_SPLIT_FILE`).
+
+    ``columns`` names the file-name and fold columns (keys ``file``, ``fold``; :data:`OFFICIAL_COLUMNS` are the
+    release's). A missing file, missing columns, a non-integer fold or one name in two folds is a DatasetError.
+    """
+    if not path.is_file():
+        raise DatasetError(
+            f"official split file {path} not found (option dataset.official_split_file, relative to "
+            f"dataset.root). Download {Path(OFFICIAL_SPLIT_FILE).name} from {OFFICIAL_SOURCE} and put it there"
+        )
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            header = list(reader.fieldnames or [])
+            wanted = [columns["file"], columns["fold"]]
+            if any(c not in header for c in wanted):
+                raise DatasetError(
+                    f"official split file {path} has columns {header} (delimiter {delimiter!r}); expected "
+                    f"{wanted} (options dataset.official_split_columns, dataset.official_split_delimiter)"
+                )
+            fold_of: dict[str, int] = {}
+            for line, row in enumerate(reader, start=2):
+                name, value = (row[columns["file"]] or "").strip(), (row[columns["fold"]] or "").strip()
+                if not value.lstrip("-").isdigit():
+                    raise DatasetError(f"{path}, line {line}: fold '{value}' is not an integer")
+                if name in fold_of and fold_of[name] != int(value):
+                    raise DatasetError(f"{path}, line {line}: image {name} is in two folds")
+                fold_of[name] = int(value)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"cannot read official split file {path}: {e}") from e
+    if not fold_of:
+        raise DatasetError(f"official split file {path} has no rows")
+    return fold_of
+
+
+def write_official_split(
+    root: str | Path, folds: int = 2, seed: int = 0, path: str = OFFICIAL_SPLIT_FILE
+) -> Path:
+    """Write an official-format split file for the labelled tree under ``root`` (every category): each class's
+    images, in a seeded order, cut into ``folds`` equal parts (the last takes the remainder), as the release's
+    file was made. For synthetic data and tests; returns the file's path."""
+    from ssl4gie.utils.io import write_text
+
+    labeled = Path(root) / LABELED
+    rng = np.random.RandomState(seed)
+    lines = [";".join(("file-name", "class-name", OFFICIAL_COLUMNS["fold"]))]
+    for class_dir in sorted(p for p in labeled.glob("*/*/*") if p.is_dir() and not is_hidden(p)):
+        images = sorted(p.name for p in class_dir.glob("*.jpg") if not is_hidden(p))
+        images = [images[j] for j in rng.permutation(len(images))]
+        part = len(images) // folds
+        for k, name in enumerate(images):
+            lines.append(f"{name};{class_dir.name};{min(k // part, folds - 1) if part else folds - 1}")
+    return write_text(Path(root) / path, "\n".join(lines) + "\n")
 
 
 def _jpg_files(folder: Path, hidden: list[Path]) -> tuple[list[Path], list[str]]:
@@ -185,9 +333,11 @@ def write_synthetic(
     classes: dict[str, int] | None = None,
     seed: int = 0,
     size: Sequence[int] = (96, 80),
+    official_folds: int | None = None,
 ) -> Path:
     """``dataset.synthetic`` for HyperKvasir: ``{per_class: N}`` images for every class the writer knows (all
-    four categories, so both datasets can share one tree), or an explicit ``{classes: {name: count}}``."""
+    four categories, so both datasets can share one tree), or an explicit ``{classes: {name: count}}``.
+    ``official_folds: K`` also writes an official-format split file (:func:`write_official_split`)."""
     from ssl4gie.data.synthetic import HYPERKVASIR_CLASSES, write_hyperkvasir
 
     if per_class is not None and classes is not None:
@@ -195,7 +345,10 @@ def write_synthetic(
     if per_class is not None:
         classes = dict.fromkeys(HYPERKVASIR_CLASSES, int(per_class))
     counts = {str(k): int(v) for k, v in classes.items()} if classes is not None else None
-    return write_hyperkvasir(root, counts, seed=seed, size=tuple(int(s) for s in size))
+    written = write_hyperkvasir(root, counts, seed=seed, size=tuple(int(s) for s in size))
+    if official_folds is not None:
+        write_official_split(written, int(official_folds), seed=seed)
+    return written
 
 
 def decode(path: Path, size: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from ssl4gie.data import cache as decoded_cache
 from ssl4gie.data.readers import ensure_root, list_images, log_hidden, open_image, require_dir
-from ssl4gie.data.splits import choose_split
+from ssl4gie.data.splits import DEFAULT_FOLD_SEED, SplitOptions, choose_split
 from ssl4gie.data.transforms import SegmentationTrainTransform, normalize
 from ssl4gie.errors import DatasetError
 
@@ -33,7 +33,11 @@ class SegmentationItem:
 
 
 class SegmentationFolders:
-    """A dataset with one folder of images and one folder of masks that share file names."""
+    """A dataset with one folder of images and one folder of masks that share file names.
+
+    ``train_fraction``, ``fraction_seed``, ``folds``, ``fold``, ``fold_seed``: a label fraction and k-fold
+    cross-validation over the sorted image list (:class:`ssl4gie.data.splits.SplitOptions`).
+    """
 
     title = ""
     image_dir = ""
@@ -47,8 +51,17 @@ class SegmentationFolders:
         split: str = "study",
         download: str | None = None,
         synthetic: dict | None = None,
+        train_fraction: float = 1.0,
+        fraction_seed: int = 0,
+        folds: int | None = None,
+        fold: int = 0,
+        fold_seed: int = DEFAULT_FOLD_SEED,
     ) -> None:
+        self.split_options = SplitOptions(
+            split, train_fraction, fraction_seed, 1, folds, fold, fold_seed, dataset=name
+        )
         self.name, self.task, self.split_name, self.download = name, task, split, download
+        self._splits: dict[str, list[int]] | None = None
         self.layout = (
             f"<root>/{self.image_dir}/<id>.<jpg|png|tif> and <root>/{self.mask_dir}/<id>.<jpg|png|tif>"
         )
@@ -88,8 +101,11 @@ class SegmentationFolders:
         return items
 
     def splits(self) -> dict[str, list[int]]:
-        """Index lists into ``items`` for train/val/test of ``dataset.split`` (see :func:`choose_split`)."""
-        return choose_split(self.split_name, len(self.items))
+        """Index lists into ``items`` for train/val/test of ``dataset.split`` (see :func:`choose_split`), folds
+        and label fraction applied (:meth:`SplitOptions.apply`). Computed once per reader."""
+        if self._splits is None:
+            self._splits = self.split_options.apply(lambda: choose_split(self.split_name, len(self.items)))
+        return self._splits
 
 
 class KvasirSeg(SegmentationFolders):
