@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 
@@ -71,6 +72,13 @@ class DetectionMetricAccumulator:
                     "n_gt": len(target["boxes"]),
                     "n_pred": len(pred["boxes"]),
                     "mean_best_iou": self._mean_best_iou(pred, target),
+                    # every box at full precision, so that mAP can be recomputed on resampled images
+                    # (ssl4gie.results --ci)
+                    "gt_boxes": json.dumps(target["boxes"].tolist()),
+                    "gt_labels": json.dumps(target["labels"].tolist()),
+                    "pred_boxes": json.dumps(pred["boxes"].tolist()),
+                    "pred_scores": json.dumps(pred["scores"].tolist()),
+                    "pred_labels": json.dumps(pred["labels"].tolist()),
                 }
             )
 
@@ -85,7 +93,8 @@ class DetectionMetricAccumulator:
 
     def compute(self) -> tuple[dict[str, float], list[dict[str, float | str]]]:
         """Returns ``(metrics, rows)``: ``map``, ``map_50``, ``map_75`` as floats (NaN when no ground-truth box
-        was seen) and one dict per image (``name``, ``n_gt``, ``n_pred``, ``mean_best_iou``).
+        was seen) and one dict per image (``name``, ``n_gt``, ``n_pred``, ``mean_best_iou``, and the boxes, labels and scores as
+        JSON lists).
         Raises ``RuntimeError`` when no image was added."""
         if not self._rows:
             raise RuntimeError(

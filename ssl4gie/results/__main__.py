@@ -1,4 +1,4 @@
-"""``python -m ssl4gie.results SWEEP_DIR [--out DIR] [--metric TASK=METRIC ...] [--frozen]``.
+"""``python -m ssl4gie.results SWEEP_DIR [--out DIR] [--metric TASK=METRIC ...] [--frozen] [--ci]``.
 
 Writes the results files (see :func:`~ssl4gie.results.report.write_results`) and prints ``table.md`` to stdout.
 """
@@ -10,6 +10,7 @@ import logging
 import sys
 
 from ssl4gie.errors import Ssl4gieError
+from ssl4gie.results.bootstrap import METHODS, BootstrapOptions
 from ssl4gie.results.report import write_results
 from ssl4gie.results.tables import HEADLINE, parse_metric_overrides
 
@@ -37,12 +38,27 @@ def main(argv: list[str] | None = None) -> int:
         "--frozen", action="store_true", help="report frozen-backbone runs instead of fine-tuned"
     )
     parser.add_argument("--digits", type=int, default=3, help="decimals in the tables (default 3)")
+    parser.add_argument(
+        "--ci",
+        action="store_true",
+        help="bootstrap intervals over test images in the tables and paired bootstrap differences in the "
+        "significance report (reads every run's per_image_test.csv)",
+    )
+    parser.add_argument("--ci-level", type=float, default=0.95, help="interval level (default 0.95)")
+    parser.add_argument("--ci-resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--ci-seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument(
+        "--ci-method", default="percentile", choices=METHODS, help="interval method (default percentile)"
+    )
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        ci = None
+        if args.ci:
+            ci = BootstrapOptions(args.ci_resamples, args.ci_level, args.ci_seed, args.ci_method)
         written = write_results(
-            args.sweep_dir, args.out, parse_metric_overrides(args.metric), args.frozen, args.digits
+            args.sweep_dir, args.out, parse_metric_overrides(args.metric), args.frozen, args.digits, ci
         )
     except Ssl4gieError as e:
         log.error("%s", e)

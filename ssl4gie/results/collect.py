@@ -8,6 +8,12 @@ run folder all work. Status of a run folder:
 * ``failed``: ``failed.json`` (``error``, ``type``, ``time``) and no complete ``metrics.json``;
 * ``skipped``: ``skipped.json`` (an evaluation whose dataset is not on disk, ``skip_missing_data=true``);
 * ``incomplete``: anything else (still running, killed, or never started past Hydra's ``.hydra/``).
+
+Fields of label-efficiency, k-fold and data-scale sweeps, each defaulted when a run does not write it:
+``train_fraction`` (1.0), ``fold`` and ``folds`` (NA: no k-fold split), ``pretraining_data_size`` (NA) and
+``pretraining_data_seen`` (a list in metrics.json, kept as the comma-joined string of the names; "" when absent).
+A row code (e.g. ``RN-HK-MC``) whose runs span several ``pretraining_data_size`` values becomes one row per size,
+``RN-HK-MC@10k``, so that a data-scale series is not taken for seeds of one row; ``row_base`` keeps the code.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ IDENTITY = (
     "frozen",
 )
 RUN_MARKERS = (".hydra", "metrics.json", "failed.json")
+# Facts of issue 12/13 sweeps with the value a run that does not write them stands for.
+SWEEP_FACTS = {"train_fraction": 1.0, "fold": None, "folds": None, "pretraining_data_size": None}
 
 
 class ResultsError(Ssl4gieError):
@@ -105,10 +113,16 @@ def _from_hydra(folder: Path) -> dict[str, Any]:
     codes = [_plain((cfg.get(g) or {}).get("code")) for g in ("backbone", "pretraining")]
     if all(isinstance(c, str) for c in codes):
         facts["row"] = "-".join(codes)
+    dataset = cfg.get("dataset") if isinstance(cfg.get("dataset"), dict) else {}
+    for key in ("train_fraction", "fold", "folds"):  # the dataset group's options of issue 13 sweeps
+        if _plain(dataset.get(key)) is not None:
+            facts[key] = dataset[key]
     for override in overrides:
         key, sep, value = override.lstrip("+~").partition("=")
         if sep and key in ("task", "dataset", "backbone", "pretraining", "seed", "frozen", "mode"):
             facts.setdefault(key, yaml.safe_load(value))  # YAML parsing turns "3" into 3 and "true" into True
+        elif sep and key in ("dataset.train_fraction", "dataset.fold", "dataset.folds"):
+            facts.setdefault(key.split(".", 1)[1], yaml.safe_load(value))
     return facts
 
 
@@ -120,6 +134,9 @@ def read_run(folder: Path, sweep_dir: Path) -> dict[str, Any]:
     hydra = _from_hydra(folder)
     if metrics is not None and metrics.get("status") == "complete":
         record.update({k: v for k, v in metrics.items() if not isinstance(v, dict | list)})
+        seen = metrics.get("pretraining_data_seen")
+        if isinstance(seen, list):
+            record["pretraining_data_seen"] = ",".join(str(s) for s in seen)
         record["overrides"] = hydra.get("overrides")
     else:
         record.update(hydra)
@@ -159,6 +176,16 @@ def collect_runs(sweep_dir: str | os.PathLike) -> pd.DataFrame:
             "pass the folder Hydra's multirun wrote, e.g. outputs/multirun/<date>/<time>"
         )
     runs = pd.DataFrame([read_run(f, sweep_dir) for f in folders])
+    for column, default in SWEEP_FACTS.items():
+        runs[column] = runs.get(column, default)
+    runs["train_fraction"] = pd.to_numeric(runs["train_fraction"], errors="coerce").fillna(1.0)
+    for column in ("fold", "folds", "pretraining_data_size"):
+        runs[column] = pd.to_numeric(runs[column], errors="coerce").astype("Int64")
+    seen = (
+        runs["pretraining_data_seen"] if "pretraining_data_seen" in runs else pd.Series("", index=runs.index)
+    )
+    runs["pretraining_data_seen"] = seen.fillna("").astype(str)
+    runs = size_rows(runs)
     metrics = sorted(c for c in runs.columns if c.startswith(("val/", "test/")))
     for column in IDENTITY:
         if column not in runs.columns:
@@ -170,3 +197,31 @@ def collect_runs(sweep_dir: str | os.PathLike) -> pd.DataFrame:
         frozen=runs["frozen"].astype(bool),
         **{m: pd.to_numeric(runs[m], errors="coerce") for m in metrics},
     )
+
+
+def size_label(size: int) -> str:
+    """``10000`` → ``10k``, ``2000000`` → ``2M``, ``99417`` → ``99417``: short and never ambiguous."""
+    size = int(size)
+    if size and size % 1_000_000 == 0:
+        return f"{size // 1_000_000}M"
+    return f"{size // 1000}k" if size and size % 1000 == 0 else str(size)
+
+
+def size_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """``row_base`` = the row code; ``row`` = ``<code>@<size>`` where a code's runs span several
+    ``pretraining_data_size`` values (a run without a size keeps the bare code)."""
+    runs = runs.assign(row_base=runs["row"])
+    sizes = (
+        runs.dropna(subset=["row", "pretraining_data_size"]).groupby("row")["pretraining_data_size"].nunique()
+    )
+    series = set(sizes[sizes > 1].index)
+    if series:
+        scaled = runs["row"].isin(series) & runs["pretraining_data_size"].notna()
+        labels = [
+            f"{row}@{size_label(size)}"
+            for row, size in zip(
+                runs.loc[scaled, "row"], runs.loc[scaled, "pretraining_data_size"], strict=True
+            )
+        ]
+        runs.loc[scaled, "row"] = labels
+    return runs

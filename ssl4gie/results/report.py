@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ssl4gie.results.bootstrap import BootstrapOptions
 from ssl4gie.results.collect import collect_runs
+from ssl4gie.results.curves import fraction_curves, plot_curves, scale_curves
 from ssl4gie.results.figure import plot_table
 from ssl4gie.results.stats import significance
 from ssl4gie.results.tables import format_table, problem_runs, study_table
@@ -22,6 +24,10 @@ SIGNIFICANCE_NOTE = (
     "the row's seeds first); p_holm: Holm correction over the tested pairs of one column; pairs with fewer than 6 "
     "common images or only zero differences are not tested (see note)."
 )
+BOOTSTRAP_NOTE = (
+    "diff = row_a − row_b on the images both rows scored, [diff_low, diff_high] its paired {ci}; "
+    "classification and detection rows have the bootstrap only (their metric is not a mean of per-image values)."
+)
 
 
 def write_results(
@@ -30,9 +36,13 @@ def write_results(
     metric_overrides: Mapping[str, str] | None = None,
     frozen: bool = False,
     digits: int = 3,
+    ci: BootstrapOptions | None = None,
 ) -> dict[str, Path]:
-    """Collect ``sweep_dir`` and write ``runs.csv``, ``table.{md,csv,tex,png}``, ``significance.{csv,md}``.
+    """Collect ``sweep_dir`` and write ``runs.csv``, ``table.{md,csv,tex,png}``, ``significance.{csv,md}``;
+    ``fractions.{csv,png}`` for a label-efficiency sweep (two or more ``train_fraction`` values in a column) and
+    ``data_scale.{csv,png}`` for a data-scale series (a row with two or more ``pretraining_data_size`` values).
 
+    ``ci``: bootstrap intervals in the tables and paired bootstrap differences in the significance report.
     ``out_dir`` defaults to ``<sweep_dir>/results``. Returns ``{file name: path}``. Failed or missing cells do
     not stop the report (they are counted, listed in ``table.md`` and logged); a missing or empty sweep folder
     raises :class:`~ssl4gie.results.collect.ResultsError`.
@@ -42,9 +52,10 @@ def write_results(
     runs = collect_runs(sweep_dir)
     # a folder of evaluations only (sweep=generalisation) has its own columns, not the study's six
     evaluations_only = "mode" in runs and bool((runs["mode"] == "eval").all())
-    table = study_table(runs, metric_overrides, frozen, present_only=evaluations_only)
+    table = study_table(runs, metric_overrides, frozen, evaluations_only, sweep_dir, ci)
     problems = problem_runs(runs, frozen)
-    tests = significance(runs, sweep_dir, metric_overrides, frozen)
+    tests = significance(runs, sweep_dir, metric_overrides, frozen, ci=ci)
+    notes = SIGNIFICANCE_NOTE + ("" if ci is None else " " + BOOTSTRAP_NOTE.format(ci=ci.describe()))
     written = {
         "runs.csv": save_dataframe_csv(out / "runs.csv", runs),
         "table.md": write_text(out / "table.md", format_table(table, "markdown", digits, problems)),
@@ -59,9 +70,19 @@ def write_results(
                 if not tests.empty
                 else "No pair could be tested."
             )
-            + f"\n\n{SIGNIFICANCE_NOTE}\n",
+            + f"\n\n{notes}\n",
         ),
     }
+    fractions = fraction_curves(runs, metric_overrides, frozen)
+    if not fractions.empty:
+        written["fractions.csv"] = save_dataframe_csv(out / "fractions.csv", fractions)
+        written["fractions.png"] = plot_curves(
+            fractions, out / "fractions.png", "training fraction", percent=True
+        )
+    scale = scale_curves(runs, metric_overrides, frozen)
+    if not scale.empty:
+        written["data_scale.csv"] = save_dataframe_csv(out / "data_scale.csv", scale)
+        written["data_scale.png"] = plot_curves(scale, out / "data_scale.png", "pretraining images")
     if "protocol" in runs:  # task.protocol=study reports some metrics in other units (depth): never mix them
         protocols = runs.dropna(subset=["protocol"]).groupby("task_dataset")["protocol"].unique()
         for column, found in protocols.items():

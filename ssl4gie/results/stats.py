@@ -1,4 +1,5 @@
-"""Paired Wilcoxon signed-rank tests between backbone rows on per-image test metrics (segmentation, depth).
+"""Paired tests between backbone rows: Wilcoxon signed-rank tests on per-image test metrics (segmentation,
+depth) and, with ``ci``, paired bootstrap differences for every task (:mod:`ssl4gie.results.bootstrap`).
 
 Choices, stated once:
 
@@ -10,6 +11,9 @@ Choices, stated once:
   undefined), are reported with a ``note`` and no p-value.
 * ``scipy.stats.wilcoxon`` with its defaults (two-sided; zero differences dropped, ``zero_method="wilcox"``).
 * **Holm's step-down correction** over the tested pairs of one task-dataset column (``p_holm``).
+* **Paired bootstrap** (``ci``): ``diff`` = row a − row b on the images both rows scored, with its interval
+  ``diff_low``/``diff_high``; an interval that excludes 0 says the rows differ at that level. Classification
+  F1 and detection mAP get only these (their metric is not a mean of per-image values: no Wilcoxon).
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ import numpy as np
 import pandas as pd
 from scipy.stats import wilcoxon
 
+from ssl4gie.results.bootstrap import BootstrapOptions, paired_interval
 from ssl4gie.results.tables import (
     STUDY_COLUMNS,
-    STUDY_ROWS,
     column_metrics,
     direction,
     ordered,
+    ordered_rows,
     selected_runs,
 )
 
@@ -39,8 +44,9 @@ PAIRED_TASKS = ("segmentation", "depth")  # tasks whose headline metric is a mea
 MIN_PAIRS = 6
 COLUMNS = (
     "task_dataset", "metric", "row_a", "row_b", "seeds_a", "seeds_b", "n_pairs",
-    "mean_a", "mean_b", "better", "statistic", "p_value", "p_holm", "note",
+    "mean_a", "mean_b", "better", "statistic", "p_value", "p_holm", "diff", "diff_low", "diff_high", "note",
 )  # fmt: skip
+BOOTSTRAP_ONLY = ("classification", "detection")  # tasks with a whole-split metric: paired bootstrap only
 
 
 def holm(pvalues: np.ndarray) -> np.ndarray:
@@ -101,13 +107,15 @@ def significance(
     metric_overrides: Mapping[str, str] | None = None,
     frozen: bool = False,
     min_pairs: int = MIN_PAIRS,
+    ci: BootstrapOptions | None = None,
 ) -> pd.DataFrame:
-    """Wilcoxon tests between every pair of rows of each segmentation and depth column.
+    """Wilcoxon tests between every pair of rows of each segmentation and depth column; with ``ci`` also the
+    paired bootstrap difference of every pair, in every column (classification and detection included).
 
     ``runs`` comes from :func:`~ssl4gie.results.collect.collect_runs` (its ``path`` is relative to
     ``sweep_dir``); the metric per column is the table's (``metric_overrides`` as in
     :func:`~ssl4gie.results.tables.study_table`), read by its base name (``test/dice`` → ``dice``) from each run's
-    ``per_image_test.csv``. One line per pair of rows with data, rows in study order (``row_a`` before
+    ``per_image_test.csv``. One line per pair of rows with data, rows in table order (``row_a`` before
     ``row_b``): columns ``COLUMNS``; ``better`` is ``"a"``/``"b"`` by the mean over the paired images, respecting
     the metric's direction. See the module docstring for the choices.
     """
@@ -117,24 +125,46 @@ def significance(
     metrics = column_metrics(columns, metric_overrides)
     lines = []
     for column, metric in metrics.items():
-        if column.split("/")[0] not in PAIRED_TASKS:
+        task = column.split("/")[0]
+        wilcoxon_task = task in PAIRED_TASKS
+        if not wilcoxon_task and (ci is None or task not in BOOTSTRAP_ONLY):
             continue
         name = metric.rsplit("/", 1)[-1]
         cell_runs = done[done["task_dataset"] == column]
+        row_names = [r for r in ordered_rows(cell_runs["row"]) if r in set(cell_runs["row"])]
         per_row = {}
-        for row in ordered(cell_runs["row"], STUDY_ROWS):
-            values, seeds = per_image_means(cell_runs[cell_runs["row"] == row], sweep_dir, name)
+        for row in row_names:
+            row_runs = cell_runs[cell_runs["row"] == row]
+            if not wilcoxon_task:  # the bootstrap reads the tables itself
+                per_row[row] = (pd.Series(dtype=float), len(row_runs))
+                continue
+            values, seeds = per_image_means(row_runs, sweep_dir, name)
             if seeds:
                 per_row[row] = (values, seeds)
         start = len(lines)
         for (row_a, (a, seeds_a)), (row_b, (b, seeds_b)) in itertools.combinations(per_row.items(), 2):
-            result = _compare(a, b, min_pairs, direction(metric) == "min")
-            lines.append(
-                {"task_dataset": column, "metric": metric, "row_a": row_a, "row_b": row_b}
-                | {"seeds_a": seeds_a, "seeds_b": seeds_b}
-                | result
-                | {"better": {"a": row_a, "b": row_b}.get(result["better"], "")}
-            )
+            if wilcoxon_task:
+                result = _compare(a, b, min_pairs, direction(metric) == "min")
+            else:
+                result = {"n_pairs": 0, "mean_a": np.nan, "mean_b": np.nan, "better": "", "statistic": np.nan}
+                result |= {
+                    "p_value": np.nan,
+                    "note": f"no Wilcoxon test: {metric} is not a mean of per-image values",
+                }
+            line = {"task_dataset": column, "metric": metric, "row_a": row_a, "row_b": row_b}
+            line |= {"seeds_a": seeds_a, "seeds_b": seeds_b} | result
+            line |= {"diff": np.nan, "diff_low": np.nan, "diff_high": np.nan}
+            if ci is not None:
+                runs_a, runs_b = (cell_runs[cell_runs["row"] == r] for r in (row_a, row_b))
+                boot = paired_interval(runs_a, runs_b, sweep_dir, task, metric, ci)
+                line |= {k: boot[k] for k in ("diff", "diff_low", "diff_high")}
+                if not wilcoxon_task:  # the bootstrap's own pairing: images both rows scored, seeds averaged
+                    line |= {k: boot[k] for k in ("n_pairs", "mean_a", "mean_b")}
+                    line["seeds_a"], line["seeds_b"] = len(runs_a), len(runs_b)
+                    if np.isfinite(boot["diff"]) and boot["diff"] != 0:
+                        result["better"] = "a" if (boot["diff"] < 0) == (direction(metric) == "min") else "b"
+            line["better"] = {"a": row_a, "b": row_b}.get(result["better"], "")
+            lines.append(line)
         block = lines[start:]
         tested = [i for i, line in enumerate(block) if np.isfinite(line["p_value"])]
         adjusted = holm(np.array([block[i]["p_value"] for i in tested]))

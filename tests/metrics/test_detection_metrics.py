@@ -1,5 +1,6 @@
 """mAP on boxes whose IoU with the ground truth is known exactly."""
 
+import json
 import math
 
 import pytest
@@ -32,7 +33,12 @@ def test_perfect_boxes_score_one():
         [_target(), _target(torch.tensor([[5.0, 5, 20, 25]]))],
     )
     assert metrics == {"map": 1.0, "map_50": 1.0, "map_75": 1.0}
-    assert rows[0] == {"name": "img0", "n_gt": 1, "n_pred": 1, "mean_best_iou": 1.0}
+    summary = {k: rows[0][k] for k in ("name", "n_gt", "n_pred", "mean_best_iou")}
+    assert summary == {"name": "img0", "n_gt": 1, "n_pred": 1, "mean_best_iou": 1.0}
+    # every box, for the bootstrap's recomputed mAP (ssl4gie.results --ci)
+    assert json.loads(rows[0]["gt_boxes"]) == [[0.0, 0.0, 10.0, 10.0]]
+    assert json.loads(rows[1]["pred_boxes"]) == [[5.0, 5.0, 20.0, 25.0]]
+    assert json.loads(rows[0]["pred_labels"]) == [1] and len(json.loads(rows[0]["pred_scores"])) == 1
 
 
 @pytest.mark.parametrize(
@@ -58,7 +64,13 @@ def test_partial_overlap_counts_the_matched_thresholds(height, expected_map):
 def test_no_predictions_score_zero():
     metrics, rows = _evaluate([_pred([])], [_target()])
     assert metrics == {"map": 0.0, "map_50": 0.0, "map_75": 0.0}
-    assert rows[0] == {"name": "img0", "n_gt": 1, "n_pred": 0, "mean_best_iou": 0.0}
+    assert {k: rows[0][k] for k in ("name", "n_gt", "n_pred", "mean_best_iou")} == {
+        "name": "img0",
+        "n_gt": 1,
+        "n_pred": 0,
+        "mean_best_iou": 0.0,
+    }
+    assert rows[0]["pred_boxes"] == "[]"
 
 
 def test_no_ground_truth_gives_nan_not_minus_one():
