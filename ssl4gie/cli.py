@@ -17,10 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl4gie import config as config_checks
 from ssl4gie.data.frames import list_frames
+from ssl4gie.data.splits import split_facts, split_files
 from ssl4gie.engine import distributed
 from ssl4gie.engine.checkpoint import check_model_config, read_model_checkpoint, read_run_checkpoint
 from ssl4gie.engine.trainer import Trainer
 from ssl4gie.errors import DatasetMissing, Ssl4gieError
+from ssl4gie.loggers import Trackers, build_loggers, final_metrics, run_info
 from ssl4gie.models.checkpoints import study as study_checkpoints
 from ssl4gie.models.checkpoints.study import check_against
 from ssl4gie.utils.io import save_dataframe_csv, write_json
@@ -85,6 +87,12 @@ def completed_metrics(output_dir: Path, fp: str) -> dict | None:
 
 
 def execute(cfg: DictConfig) -> float | None:
+    """One run (see :func:`run`); its trackers (``logger=``) are finished with how it ended, also on an error."""
+    with Trackers() as trackers:
+        return _execute(cfg, trackers)
+
+
+def _execute(cfg: DictConfig, trackers: Trackers) -> float | None:
     start = time.perf_counter()
     config_checks.validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -144,9 +152,17 @@ def execute(cfg: DictConfig) -> float | None:
         "classes": OmegaConf.to_container(cfg.dataset.classes, resolve=True)
         if "classes" in cfg.dataset
         else None,
+        # a ViT's register tokens (backbone.registers=auto: what the weights file has)
+        "registers": next(
+            (int(m.num_reg_tokens) for m in model.modules() if hasattr(m, "num_reg_tokens")), 0
+        ),
         **task.structure(),  # options that change the model's structure (e.g. the detector's windows)
     }
     trainer = Trainer(cfg.trainer, task, model, output_dir, cfg.seed, fp, model_config, dist_env)
+    if dist_env.is_main:  # trackers record what rank 0 writes: history rows, then metrics.json and figures
+        trackers.loggers.extend(build_loggers(cfg.get("logger")))
+        trackers.start(run_info(cfg, fp))
+        trainer.loggers = [trackers]
     # Tasks that can augment a batch on the GPU skip it in the loader workers (trainer.gpu_augment).
     task.augment_on_device = trainer.augment_on_device
     cache_dir = str(Path(cfg.paths.cache_dir) / "decoded") if cfg.cache else None
@@ -170,10 +186,19 @@ def execute(cfg: DictConfig) -> float | None:
         "monitor": task.monitor,
         # the metrics' formulas (task.protocol); a task without the option has only ours
         "protocol": getattr(task, "protocol", "ssl4gie"),
+        "macro_over": getattr(task, "macro_over", None),  # classification's macro average (results --ci)
+        # the pretraining data of the row, for the results tables' overlap footnote and data-scale figure
+        "pretraining_data_size": cfg.pretraining.get("data_size"),
+        "pretraining_data_seen": list(cfg.pretraining.get("data_seen") or []),
     }
+    if task.name == "pretrain":
+        return pretrain(cfg, task, trainer, reader, output_dir, facts, start, cache_dir)
     metrics: dict = {}
     if cfg.mode == "train":
         data = task.build_datasets(reader, ["train", "val", "test"], cache_dir, progress)
+        if dist_env.is_main:  # the files of each split this run uses, relative to dataset.root
+            write_json(output_dir / "splits.json", split_files(reader))
+        facts.update(split_facts(reader))
         log.info(
             "%s %s: %s, train/val/test = %d/%d/%d",
             task.name,
@@ -206,6 +231,8 @@ def execute(cfg: DictConfig) -> float | None:
         if frames is not None:
             return predict_frames(cfg, task, trainer, frames, output_dir, facts, start)
         data = task.build_datasets(reader, ["test"], cache_dir, progress)
+        write_json(output_dir / "splits.json", {"train": [], "val": [], "test": split_files(reader)["test"]})
+        facts.update({k: v for k, v in split_facts(reader).items() if k not in ("n_train", "n_val")})
 
     save_dir = output_dir / "predictions" if cfg.mode == "predict" else None
     test_metrics, rows, kept = trainer.evaluate(
@@ -221,12 +248,64 @@ def execute(cfg: DictConfig) -> float | None:
         facts, n_test=len(data["test"]), wall_time_s=round(time.perf_counter() - start, 2), status="complete"
     )
     write_json(output_dir / "metrics.json", metrics)  # last: its presence means the run completed
+    _log_results(trainer, metrics, figures, int(metrics.get("epochs", trainer.epoch)))
     if cfg.mode == "train" and not cfg.trainer.get("keep_last", False):
         (output_dir / "last.pt").unlink(missing_ok=True)  # the full training state is not needed any more
     for key in sorted(k for k in metrics if k.startswith(("val/", "test/"))):
         log.info("  %-34s %.4f", key, metrics[key])
     log.info("results in %s", output_dir)
     return metrics.get(task.monitor)
+
+
+def _log_results(trainer: Trainer, metrics: dict, figures: list, epoch: int) -> None:
+    """The trackers' end of a completed run: ``metrics.json``'s ``val/`` and ``test/`` values, the figure files."""
+    for tracker in trainer.loggers:
+        tracker.log_final(final_metrics(metrics), epoch)
+        tracker.log_figures([Path(p) for p in figures])
+
+
+def pretrain(
+    cfg: DictConfig, task, trainer: Trainer, reader, output_dir: Path, facts: dict, start: float, cache_dir
+) -> None:
+    """``task=pretrain``: fit on every frame of ``reader``, then (rank 0) ``history.csv``, the exported backbone
+    (``export/``, checked by loading it back), figures, and ``metrics.json`` with the last epoch's monitors."""
+    data = task.build_datasets(reader, ["train", "val"], cache_dir, bool(cfg.trainer.progress))
+    log.info(
+        "pretrain %s %s on %s: %d frames in %s; %d optimiser steps of %d images per epoch",
+        task.method_name,
+        cfg.backbone.name,
+        cfg.dataset.name,
+        len(data["train"]),
+        reader.root,
+        len(data["train"]) // int(cfg.trainer.batch_size),
+        int(cfg.trainer.batch_size),
+    )
+    trainer.fit(data["train"], data["val"])
+    if not trainer.dist.is_main:
+        return None
+    save_dataframe_csv(output_dir / "history.csv", pd.DataFrame(trainer.history))
+    facts.update(task.finish(trainer.model, output_dir, trainer.device))
+    last = trainer.history[-1]
+    metrics = {k: v for k, v in last.items() if k.startswith(("train/", "val/"))}
+    metrics.update(
+        facts,
+        ssl=task.method_name,
+        epochs=int(cfg.trainer.epochs),
+        steps=int(trainer.global_step),
+        n_frames=len(data["train"]),
+        wall_time_s=round(time.perf_counter() - start, 2),
+        status="complete",
+    )
+    write_json(output_dir / "metrics.json", metrics)  # last: its presence means the run completed
+    _log_results(trainer, metrics, facts.get("figures", []), trainer.epoch)
+    if not cfg.trainer.get("keep_last", False):
+        (output_dir / "last.pt").unlink(missing_ok=True)
+    for key in sorted(k for k in metrics if k.startswith("val/")):
+        log.info("  %-34s %.4f", key, metrics[key])
+    log.info(
+        "results in %s; finetune from it with paths.weights_dir=%s", output_dir, Path(facts["export"]).parent
+    )
+    return None
 
 
 def predict_frames(
@@ -251,5 +330,6 @@ def predict_frames(
         "status": "complete",
     }
     write_json(output_dir / "metrics.json", metrics)  # last: its presence means the run completed
+    _log_results(trainer, metrics, figures, int(facts["epochs"]))
     log.info("results in %s", output_dir)
     return None

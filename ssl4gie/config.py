@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from ssl4gie.data.splits import identity_split
+from ssl4gie.data.splits import identity_dataset, identity_split
 from ssl4gie.errors import ConfigError
 from ssl4gie.weights_id import InitialWeights, run_weights
 
@@ -42,7 +42,45 @@ NOT_IDENTITY = (
     "pretraining.hub",
     "pretraining.license",
     "launcher",
+    "logger",  # an experiment tracker records a run, it never changes what the run computes
+    # pretraining: the recipes of the other backbones (the chosen one is ssl.recipe), where the export is copied,
+    # how many reconstructions are drawn, where the probe's labelled images lie
+    "ssl.recipes",
+    "task.export_dir",
+    "task.reconstructions",
+    "task.probe.data.root",
+    "task.probe.data.synthetic",
+    # facts for the results tables (size and names of a row's pretraining data), not what a run computes
+    "pretraining.data_size",
+    "pretraining.data_seen",
 )
+
+
+# Options added after runs were made, with the value that gives the behaviour those runs had (see fingerprint)
+LEGACY_DEFAULTS = {
+    "trainer.optimizer": {
+        "name": "adamw",
+        "betas": [0.9, 0.999],
+        "momentum": 0.9,
+        "trust_coefficient": 0.001,
+        "exclude_1d": False,
+        "one_d_lr_scale": 1.0,
+    },
+    "trainer.scheduler.name": "plateau",
+    "trainer.scheduler.warmup_epochs": 0,
+    "trainer.scheduler.final_lr_ratio": 0.0,
+    "trainer.val_every": 1,
+    "trainer.val_at_start": False,
+}
+_MISSING = object()
+
+
+def _get(container: dict, dotted: str, default):
+    for part in dotted.split("."):
+        if not isinstance(container, dict) or part not in container:
+            return default
+        container = container[part]
+    return container
 
 
 def group_options(group: str) -> dict[str, dict]:
@@ -77,6 +115,8 @@ def validate(cfg: DictConfig) -> None:
             f"pretraining={cfg.pretraining.name} exists for backbone {', '.join(cfg.pretraining.backbones)}, not "
             f"backbone={cfg.backbone.name}; valid pretraining for backbone={cfg.backbone.name}: {', '.join(fitting)}"
         )
+    if cfg.task.name == "pretrain":
+        _validate_pretrain(cfg)
     if cfg.mode == "train" and cfg.dataset.get("split") == "all":
         raise ConfigError(
             f"dataset.split=all (dataset={cfg.dataset.name}) leaves no train/val split for mode=train: train with "
@@ -86,6 +126,25 @@ def validate(cfg: DictConfig) -> None:
     for key in ("epochs", "batch_size", "accum_steps", "micro_batch"):
         if t.get(key, 1) != "auto" and int(t.get(key, 1)) < 1:
             raise ConfigError(f"trainer.{key}={t[key]} must be at least 1")
+
+
+def _validate_pretrain(cfg: DictConfig) -> None:
+    """``task=pretrain``: a method × backbone pair with a published recipe, trained from scratch or from a row."""
+    if cfg.backbone.name not in cfg.ssl.backbones:
+        pairs = "; ".join(
+            f"ssl={name} with backbone={'|'.join(o.get('backbones', []))}"
+            for name, o in group_options("ssl").items()
+        )
+        raise ConfigError(
+            f"ssl={cfg.ssl.name} has no recipe for backbone={cfg.backbone.name}; valid pairs: {pairs}"
+        )
+    if cfg.mode != "train":
+        raise ConfigError(
+            f"task=pretrain runs in mode=train only (mode={cfg.mode}): its output is the exported backbone, which "
+            "a finetuning task evaluates (pretraining=hyperkvasir_<method> paths.weights_dir=<run>/export)"
+        )
+    if cfg.frozen:
+        raise ConfigError("frozen=true freezes the backbone, which task=pretrain trains: drop frozen=true")
 
 
 def _drop(container: dict, dotted: str) -> None:
@@ -111,8 +170,17 @@ def fingerprint(cfg: DictConfig, weights: InitialWeights | None = None) -> str:
     # dataset.split stays: it is the test set of an eval and the table of a C3VD training run; but two names of
     # the same lists (test, study) are one experiment
     dataset = container.get("dataset")
-    if isinstance(dataset, dict) and isinstance(dataset.get("split"), str):
-        dataset["split"] = identity_split(dataset["split"])
+    if isinstance(dataset, dict):
+        # split options count only where they act (fraction < 1, folds, split=official): study-split runs keep
+        # the fingerprints they had before these options existed
+        dataset = container["dataset"] = identity_dataset(dataset)
+        if isinstance(dataset.get("split"), str):
+            dataset["split"] = identity_split(dataset["split"])
+    # engine options that did not exist before: at the value that reproduces the old behaviour they are no part
+    # of the identity, so finished runs keep their fingerprints (a relaunched sweep skips them)
+    for dotted, legacy in LEGACY_DEFAULTS.items():
+        if _get(container, dotted, _MISSING) == legacy:
+            _drop(container, dotted)
     # Two spellings of one experiment: classification's task.macro_over=null means its protocol's classes
     task = container.get("task")
     if isinstance(task, dict) and task.get("name") == "classification" and task.get("macro_over", "") is None:

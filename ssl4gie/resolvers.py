@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from ssl4gie.data.splits import DEFAULT_FOLD_SEED, OFFICIAL_SPLIT_FILE
 from ssl4gie.weights_id import run_dir_tag
 
 
@@ -35,16 +36,48 @@ def with_weights(override_dirname: Any, *, _root_: Any) -> str:
 
 
 def split_tag(prefix: str = "", *, _root_: Any) -> str:
-    """``${ssl4gie.split_tag:-}``: ``""`` for the study's split (``dataset.split=study`` or ``test``), else the
-    prefix and the split's name (``-all``; a split-table path by its file stem, ``-my_split``).
+    """``${ssl4gie.split_tag:-}``: ``""`` for the study's split (``dataset.split=study`` or ``test``) of the whole
+    training split, else the prefix and the parts that change which items the run uses, joined by "-":
 
-    An eval of ``split=all`` scores another test set than one of ``split=test``; in a run folder named by this
-    tag the two do not overwrite each other, and study-split folders keep their names.
+    * the split's name when it is not the study's (``all``, ``official``; a split-table path by its file stem),
+      for ``official`` with another file than the 2-fold one also that file's stem (``official-5_fold_split``);
+    * k-fold: ``fold<i>of<K>`` (``dataset.fold``, ``dataset.folds``); the official split: ``fold<i>``; either
+      with ``s<seed>`` when ``dataset.fold_seed`` is not the default 42;
+    * a label fraction below 1: ``f<F>`` (``f0.1``), with ``s<seed>`` when ``dataset.fraction_seed`` is not
+      the run's seed and ``m<n>`` when ``dataset.fraction_min_per_class`` is not 1.
+
+    E.g. ``-all``, ``-my_split``, ``-f0.1``, ``-fold2of5-f0.25``, ``-official-fold1``. An eval of ``split=all``
+    scores another test set than one of ``split=test``, and a 10 % run trains on other images than a 100 % one;
+    in run folders named by this tag they do not overwrite each other, and study-split folders keep their names.
+    Never raises: values the reader will reject are written as given.
     """
-    split = OmegaConf.select(_root_, "dataset.split", default="study")
-    if split in (None, "study", "test"):
-        return ""
-    return f"{prefix}{PurePath(str(split)).stem}"
+
+    def get(key: str, default: Any) -> Any:
+        value = OmegaConf.select(_root_, f"dataset.{key}", default=default)
+        return default if value is None else value
+
+    split = get("split", "study")
+    parts = [] if split in ("study", "test") else [PurePath(str(split)).stem]
+    official_file = PurePath(str(get("official_split_file", OFFICIAL_SPLIT_FILE)))
+    if split == "official" and official_file.stem != PurePath(OFFICIAL_SPLIT_FILE).stem:
+        parts.append(official_file.stem)
+    folds, fold, fold_seed = get("folds", None), get("fold", 0), get("fold_seed", DEFAULT_FOLD_SEED)
+    fold_part = f"fold{fold}of{folds}" if folds is not None else f"fold{fold}" if split == "official" else ""
+    if fold_part:
+        parts.append(fold_part + (f"s{fold_seed}" if fold_seed != DEFAULT_FOLD_SEED else ""))
+    fraction = get("train_fraction", 1.0)
+    try:
+        partial = float(fraction) < 1
+        fraction = f"{float(fraction):g}"
+    except (TypeError, ValueError):
+        partial = True
+    if partial:
+        fraction_seed = get("fraction_seed", None)
+        run_seed = OmegaConf.select(_root_, "seed", default=None)
+        seed_part = "" if fraction_seed is None or fraction_seed == run_seed else f"s{fraction_seed}"
+        min_per_class = get("fraction_min_per_class", 1)
+        parts.append(f"f{fraction}{seed_part}" + (f"m{min_per_class}" if min_per_class != 1 else ""))
+    return f"{prefix}{'-'.join(parts)}" if parts else ""
 
 
 def study_ckpt(sweep_dir: Any, column: Any, *, _root_: Any) -> str:
@@ -78,6 +111,12 @@ def tasks_per_node(gpus_per_node: Any) -> int:
     return 1
 
 
+def scaled_lr(base_lr: Any, batch_size: Any) -> float:
+    """``${ssl4gie.scaled_lr:BASE,BATCH}``: the linear scaling rule of the MoCo v3, Barlow Twins and MAE codebases,
+    base lr × global batch / 256 (so a smaller ``trainer.batch_size`` lowers the learning rate with it)."""
+    return float(base_lr) * int(batch_size) / 256
+
+
 def register() -> None:
     """Register the resolvers; idempotent (``replace=True``, so re-imports and reloads are harmless)."""
     OmegaConf.register_new_resolver("ssl4gie.weights_tag", weights_tag, replace=True)
@@ -86,3 +125,4 @@ def register() -> None:
     OmegaConf.register_new_resolver("ssl4gie.study_ckpt", study_ckpt, replace=True)
     OmegaConf.register_new_resolver("ssl4gie.eval_split", eval_split, replace=True)
     OmegaConf.register_new_resolver("ssl4gie.tasks_per_node", tasks_per_node, replace=True)
+    OmegaConf.register_new_resolver("ssl4gie.scaled_lr", scaled_lr, replace=True)

@@ -24,6 +24,10 @@ EXPECTED = {
     "depth": 12,
     "smoke": 2,
     "generalisation": 60,
+    "gi_foundation": 78,
+    "data_scale": 18,
+    "label_efficiency": 360,
+    "pretrain_hyperkvasir": 4,
 }
 INVALID = {
     ("vit_b", "imagenet_barlowtwins"),
@@ -56,8 +60,8 @@ def test_seeded_study_is_the_study_grid_per_seed():
 
 
 @pytest.mark.parametrize(
-    "name", sorted(set(EXPECTED) - {"study_seeds"})
-)  # study_seeds: the study grid per seed
+    "name", sorted(set(EXPECTED) - {"study_seeds", "label_efficiency"})
+)  # study_seeds: the study grid per seed; label_efficiency: the study grid per fraction (test_label_efficiency)
 def test_sweep_expands_to_valid_cells(name):
     cells = expand(name)
     assert len(cells) == EXPECTED[name]
@@ -69,7 +73,8 @@ def test_sweep_expands_to_valid_cells(name):
     for cfg in configs:
         validate(cfg)  # dataset fits the task, pretraining exists for the backbone
         assert (cfg.backbone.name, cfg.pretraining.name) not in INVALID
-        seen.add((cfg.task.name, cfg.dataset.name, cfg.backbone.name, cfg.pretraining.name, cfg.seed))
+        method = cfg.ssl.name if "ssl" in cfg else None  # pretraining cells differ by method
+        seen.add((cfg.task.name, cfg.dataset.name, cfg.backbone.name, cfg.pretraining.name, method, cfg.seed))
     assert len(seen) == len(cells)  # no duplicate cells
 
 
