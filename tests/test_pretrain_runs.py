@@ -294,3 +294,57 @@ def test_the_epoch_0_baseline_of_a_resnet_has_batchnorm_statistics_of_real_frame
     vit_task = instantiate_checked(vit_cfg.task, _recursive_=False)
     vit = vit_task.build_model(vit_cfg.backbone, vit_cfg.pretraining, False, vit_cfg.paths.weights_dir)
     assert vit_task.baseline_model(vit, torch.device("cpu")) is vit  # no BatchNorm: nothing to estimate
+
+
+@pytest.mark.parametrize(("ssl", "backbone"), [("mocov3", "resnet50"), ("mae", "vit_b")])
+def test_continued_pretraining_starts_from_a_rows_weights(ssl, backbone, tmp_path, caplog):
+    """pretraining=<row> with task=pretrain: e.g. ImageNet weights further pretrained on HyperKvasir. The loaded
+    weights are what training starts from (MoCo's momentum copy included; MAE's construction does not undo
+    them)."""
+    from checkpoint_layouts import random_like, tiny_backbone
+
+    from ssl4gie.config import instantiate_checked
+    from ssl4gie.utils.io import save_torch
+
+    family = "resnet" if backbone == "resnet50" else "vit"
+    weights = random_like(tiny_backbone(family).state_dict())
+    weights = {k: v.abs() + 0.5 if k.endswith("running_var") else v for k, v in weights.items()}
+    save_torch(tmp_path / "start.pth", weights)
+    overrides = pretrain_overrides(
+        tmp_path,
+        ssl,
+        backbone,
+        "pretraining=imagenet_supervised",
+        f"pretraining.checkpoint={tmp_path / 'start.pth'}",
+    )
+    cfg = compose_config(overrides, tmp_path / "run")
+    task = instantiate_checked(cfg.task, _recursive_=False)
+    model = task.build_model(cfg.backbone, cfg.pretraining, False, cfg.paths.weights_dir)
+    state = model.encoder.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in weights.items())
+    if ssl == "mocov3":
+        momentum = model.momentum_encoder.state_dict()
+        assert all(torch.equal(momentum[k], v) for k, v in weights.items())
+    caplog.set_level("INFO")
+    execute(cfg)
+    assert "from pretraining=imagenet_supervised" in caplog.text
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "complete"
+
+
+def test_non_finite_features_make_the_monitors_nan_not_a_crash(caplog):
+    from ssl4gie.tasks.pretrain import BANK, MONITOR, QUERY, PretrainEvaluator
+
+    evaluator = PretrainEvaluator(k=2, temperature=0.07, num_classes=2)
+    feats = torch.randn(6, 4)
+    feats[1, 2] = float("nan")
+    evaluator.process(
+        {
+            "role": torch.tensor([MONITOR, MONITOR, BANK, BANK, QUERY, QUERY]),
+            "label": torch.tensor([-1, -1, 0, 1, 0, 1]),
+        },
+        feats,
+    )
+    metrics, rows = evaluator.compute()
+    assert rows == []
+    assert all(v != v for v in metrics.values()) and set(metrics) == {"rankme", "feature_std", "knn_top1"}
+    assert "1 of 6 images give non-finite backbone features" in caplog.text

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,6 +175,14 @@ class PretrainEvaluator(Evaluator):
     def compute(self) -> tuple[dict[str, float], list[dict]]:
         feats, roles, labels = torch.cat(self.feats), torch.cat(self.roles), torch.cat(self.labels)
         metrics: dict[str, float] = {}
+        if not torch.isfinite(
+            feats
+        ).all():  # a diverged (or broken) backbone: say so, do not crash the monitor
+            bad = int((~torch.isfinite(feats)).any(dim=1).sum())
+            log.warning(
+                "%d of %d images give non-finite backbone features: monitors are NaN", bad, len(feats)
+            )
+            return {"rankme": math.nan, "feature_std": math.nan, "knn_top1": math.nan}, []
         monitor = feats[roles == MONITOR]
         if len(monitor) > 1:
             metrics["rankme"] = rankme(monitor)
@@ -242,9 +251,8 @@ class PretrainTask(Task):
             mocov3_init(encoder)
             fix_sincos_pos_embed(encoder, layout="mocov3")
         model = self.method.build(encoder, self.recipe, tiny, self.family)
-        if not from_scratch and isinstance(
-            model, MaskedAutoencoder
-        ):  # its construction re-initialised the encoder
+        reinitialised = isinstance(model, MaskedAutoencoder)  # MAE's construction initialises its encoder
+        if not from_scratch and reinitialised:
             load_pretrained(model.encoder, pretraining, backbone, weights_dir, self.input_size)
         n = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
         log.info(
