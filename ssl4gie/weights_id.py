@@ -53,9 +53,18 @@ class InitialWeights:
 
 # TensorFlow checkpoints come as <prefix>.index + <prefix>.data-NNNNN-of-NNNNN (+ .meta), or a SavedModel folder.
 _TF_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
+#: The documented one-off conversion of a TensorFlow SimCLR v2 checkpoint (ssl4gie.models.checkpoints.simclrv2 reads
+#: the result); the converter names the architecture from the checkpoint folder's name, e.g. r50_1x_sk0/.
+SIMCLRV2_CONVERSION = (
+    "git clone https://github.com/Separius/SimCLRv2-Pytorch && pip install tensorflow && "
+    "python SimCLRv2-Pytorch/convert.py <folder>/r50_1x_sk0/model.ckpt-<step> (writes r50_1x_sk0.pth: pass it as "
+    "pretraining.checkpoint=r50_1x_sk0.pth or save it under the row's file name)"
+)
 TENSORFLOW_CONVERSION = (
-    "Convert it once into a PyTorch state dict of a torchvision ResNet-50 (keys conv1.*, bn1.*, layer1-4.*; "
-    "README: Pretrained weights, SimCLR v2 from TensorFlow) and pass that .pth file."
+    "Convert a SimCLR v2 checkpoint once with SimCLRv2-Pytorch (README: Pretrained weights, SimCLR v2): "
+    + SIMCLRV2_CONVERSION
+    + "; ssl4gie reads its output. Any other TensorFlow model: convert it into a torchvision ResNet-50 state dict "
+    "(keys conv1.*, bn1.*, layer1-4.*) and pass that .pth file."
 )
 
 

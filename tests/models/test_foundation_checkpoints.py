@@ -393,5 +393,5 @@ def test_tensorflow_checkpoint_is_refused_with_the_conversion(tmp_path):
     for given in (prefix, Path(f"{prefix}.index")):
         with pytest.raises(Ssl4gieError, match="TensorFlow checkpoint") as err:
             build("gastronet5m_simclrv2", "resnet50", given, tiny=True)
-        assert "PyTorch state dict of a torchvision ResNet-50" in str(err.value)
+        assert "python SimCLRv2-Pytorch/convert.py" in str(err.value)  # the documented conversion
         assert isinstance(err.value, ConfigError)

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ssl4gie.models.checkpoints import barlowtwins, dino, dinov2, mae, mocov2, mocov3, plain
+from ssl4gie.models.checkpoints import barlowtwins, dino, dinov2, mae, mocov2, mocov3, plain, simclrv2
 from ssl4gie.models.checkpoints.io import CheckpointError
 from ssl4gie.models.checkpoints.rules import Dropped, StateDict, prefix_counts
 
 # Order matters: the first family whose detect() accepts the file converts it. DINOv2 comes before DINO (a DINOv2
 # teacher checkpoint also has a teacher backbone) and MAE (a DINOv2 backbone under 'model' would pass MAE's test);
 # plain, which accepts any ResNet / ViT state dict, comes last.
-FAMILIES = (mocov3, mocov2, barlowtwins, dinov2, dino, mae, plain)
+FAMILIES = (mocov3, mocov2, barlowtwins, simclrv2, dinov2, dino, mae, plain)
 CONVERTERS: dict[str, Callable[[Mapping[str, Any]], tuple[StateDict, Dropped]]] = {
     family.NAME: family.convert for family in FAMILIES
 }
