@@ -125,13 +125,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def compose(args: argparse.Namespace) -> DictConfig:
-    """The real config (conf/) with the benchmark's settings; paths are filled in by :func:`run`."""
+def compose_real(overrides: list[str], what: str = "these options") -> DictConfig:
+    """The real config (conf/) with ``overrides``, as ``run.py`` composes it; a bad option is a ConfigError naming
+    ``what`` was composed (shared by every benchmark)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    try:
+        with initialize_config_dir(config_dir=str(config_checks.CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"cannot compose the config (conf/) of {what}: {e}") from e
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path, fingerprint: str) -> tuple:
+    """``(task, reader, trainer)`` built as ``ssl4gie.cli`` builds a run: seeded, cuDNN autotuning as a run
+    sets it, the task's model and the real Trainer (GPU-side augmentation told to the task)."""
+    from ssl4gie.engine.trainer import Trainer
+    from ssl4gie.utils.seed import seed_everything
+
+    seed_everything(cfg.seed)
+    torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
+    task = config_checks.instantiate_checked(cfg.task, _recursive_=False)
+    reader = config_checks.instantiate_checked(cfg.dataset)
+    model = task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
+    trainer = Trainer(cfg.trainer, task, model, output_dir, cfg.seed, fingerprint, {})
+    task.augment_on_device = trainer.augment_on_device
+    return task, reader, trainer
+
+
+def compose(args: argparse.Namespace) -> DictConfig:
+    """The real config (conf/) with the benchmark's settings; paths are filled in by :func:`run`."""
     overrides = [
         f"task={args.task}",
         f"backbone={args.backbone}",
@@ -146,11 +172,7 @@ def compose(args: argparse.Namespace) -> DictConfig:
         *([f"task.input_size={args.input_size}"] if args.input_size else []),
         *args.overrides,
     ]
-    try:
-        with initialize_config_dir(config_dir=str(config_checks.CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"cannot compose the config (conf/) with these options: {e}") from e
+    cfg = compose_real(overrides)
     if args.compile:
         if "compile" not in cfg.trainer:
             raise ConfigError(

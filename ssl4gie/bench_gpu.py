@@ -43,8 +43,7 @@ from omegaconf import DictConfig, open_dict
 
 from ssl4gie import bench, bench_tools
 from ssl4gie import config as config_checks
-from ssl4gie.bench import BatchFeed, _sync, machine_info
-from ssl4gie.errors import ConfigError
+from ssl4gie.bench import BatchFeed, _sync, build_trainer, compose_real, machine_info
 
 log = logging.getLogger("ssl4gie.bench")
 
@@ -150,10 +149,6 @@ def _subset(p: argparse.ArgumentParser, value: str, valid: tuple[str, ...]) -> l
 # ------------------------------------------------------------------------------------------------------ cases
 def compose_case(task: str, backbone: str, args: argparse.Namespace, roots: dict[str, Path]) -> DictConfig:
     """The real config of one case: the study's settings, or tiny ones, plus ``--set`` overrides."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     overrides = [
         f"task={task}",
         f"dataset={DATASETS[task]}",
@@ -167,11 +162,7 @@ def compose_case(task: str, backbone: str, args: argparse.Namespace, roots: dict
         *(["backbone.tiny=true", *TINY_OVERRIDES[task]] if args.tiny else []),
         *args.overrides,
     ]
-    try:
-        with initialize_config_dir(config_dir=str(config_checks.CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"cannot compose the config of {task}/{backbone}: {e}") from e
+    cfg = compose_real(overrides, f"{task}/{backbone}")
     with open_dict(cfg):
         cfg.dataset.root, cfg.dataset.synthetic = str(roots[DATA_OF[cfg.dataset.name]]), None
         if "study_size" in cfg.dataset:
@@ -196,15 +187,7 @@ def _empty_case(task: str, backbone: str) -> dict:
 
 def measure_case(cfg: DictConfig, args: argparse.Namespace, cache_dir: Path, scratch: Path, peak) -> dict:
     """One case's measurements (the keys of :data:`CASE_KEYS` it fills). Raises on failure (OOM included)."""
-    from ssl4gie.engine.trainer import Trainer
-    from ssl4gie.utils.seed import seed_everything
-
-    seed_everything(cfg.seed)
-    torch.backends.cudnn.benchmark = not cfg.trainer.deterministic  # as a run sets it
-    task = config_checks.instantiate_checked(cfg.task, _recursive_=False)
-    reader = config_checks.instantiate_checked(cfg.dataset)
-    model = task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
-    trainer = Trainer(cfg.trainer, task, model, scratch, cfg.seed, "bench-gpu", {})
+    task, reader, trainer = build_trainer(cfg, scratch, "bench-gpu")
     facts = {
         "input": input_label(task, cfg.backbone.family),
         "batch_size": trainer.micro_batch * trainer.accum_steps,

@@ -50,7 +50,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ssl4gie import bench, bench_tools
 from ssl4gie import config as config_checks
-from ssl4gie.bench import BatchFeed, machine_info, train_throughput
+from ssl4gie.bench import BatchFeed, build_trainer, compose_real, machine_info, train_throughput
 from ssl4gie.errors import ConfigError
 
 log = logging.getLogger("ssl4gie.bench")
@@ -150,10 +150,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def compose_pair(ssl: str, backbone: str, args: argparse.Namespace) -> DictConfig:
     """The real ``task=pretrain`` config of one pair with the benchmark's settings and data (validated)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     batch = args.batch_size
     overrides = [
         "task=pretrain",
@@ -172,11 +168,7 @@ def compose_pair(ssl: str, backbone: str, args: argparse.Namespace) -> DictConfi
         *([f"task.input_size={args.input_size}"] if args.input_size else []),
         *args.overrides,
     ]
-    try:
-        with initialize_config_dir(config_dir=str(config_checks.CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"cannot compose the config of ssl={ssl} backbone={backbone}: {e}") from e
+    cfg = compose_real(overrides, f"ssl={ssl} backbone={backbone}")
     with open_dict(cfg):
         cfg.dataset.root, cfg.dataset.synthetic = data_root(args, cfg), None
         if "expected_count" in cfg.dataset:
@@ -258,16 +250,8 @@ def peak_rss_mb() -> float:
 def measure_pair(cfg: DictConfig, args: argparse.Namespace, cache_dir: Path, scratch: Path, peak) -> dict:
     """One pair's measurements (keys of :data:`PAIR_KEYS`). Raises on failure (OOM included)."""
     from ssl4gie.data.unlabelled import DEFAULT_DECODE_SIZE, bench_views
-    from ssl4gie.engine.trainer import Trainer
-    from ssl4gie.utils.seed import seed_everything
 
-    seed_everything(cfg.seed)
-    torch.backends.cudnn.benchmark = not cfg.trainer.deterministic  # as a run sets it
-    task = config_checks.instantiate_checked(cfg.task, _recursive_=False)
-    reader = config_checks.instantiate_checked(cfg.dataset)
-    model = task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
-    trainer = Trainer(cfg.trainer, task, model, scratch / "output", cfg.seed, "bench-pretrain", {})
-    task.augment_on_device = trainer.augment_on_device  # as ssl4gie.cli does
+    task, reader, trainer = build_trainer(cfg, scratch / "output", "bench-pretrain")
     train_set = task.build_datasets(reader, ["train"], str(cache_dir), False)["train"]
     facts = {
         "views": 2 if task.method.two_views else 1,

@@ -108,6 +108,14 @@ def _xavier_uniform_flat_(weight: Tensor) -> None:
 
 
 @torch.no_grad()
+def _reset_layernorm(norm: nn.LayerNorm) -> None:
+    """Weight 1, bias 0 (both recipes' LayerNorm)."""
+    if norm.weight is not None:
+        nn.init.ones_(norm.weight)
+    if norm.bias is not None:
+        nn.init.zeros_(norm.bias)
+
+
 def mae_init(module: nn.Module) -> None:
     """MAE's initialisation of every submodule of ``module`` (an encoder, or a whole :class:`MaskedAutoencoder`).
 
@@ -125,10 +133,7 @@ def mae_init(module: nn.Module) -> None:
             if sub.bias is not None:
                 nn.init.zeros_(sub.bias)
         elif isinstance(sub, nn.LayerNorm):
-            if sub.weight is not None:
-                nn.init.ones_(sub.weight)
-            if sub.bias is not None:
-                nn.init.zeros_(sub.bias)
+            _reset_layernorm(sub)
         elif isinstance(sub, PatchEmbed):
             _xavier_uniform_flat_(sub.proj.weight)
             if sub.proj.bias is not None:
@@ -164,10 +169,7 @@ def mocov3_init(vit: nn.Module) -> None:
             if sub.bias is not None:
                 nn.init.zeros_(sub.bias)
         elif isinstance(sub, nn.LayerNorm):
-            if sub.weight is not None:
-                nn.init.ones_(sub.weight)
-            if sub.bias is not None:
-                nn.init.zeros_(sub.bias)
+            _reset_layernorm(sub)
         elif isinstance(sub, PatchEmbed):
             _xavier_uniform_flat_(sub.proj.weight)
             if sub.proj.bias is not None:
