@@ -197,6 +197,11 @@ class BatchFeed:
     def __len__(self) -> int:
         return self.n
 
+    @staticmethod
+    def count(batch: dict) -> int:
+        """Images in ``batch`` (what the rates count)."""
+        return len(batch["image"])
+
     def __iter__(self) -> Iterator[dict]:
         for _ in range(self.n):
             tick = time.perf_counter()
@@ -208,7 +213,7 @@ class BatchFeed:
                 self.iterator = iter(self.source)
                 batch = next(self.iterator)
             self.wait_s += time.perf_counter() - tick
-            self.images += len(batch["image"])
+            self.images += self.count(batch)
             if self.keep:
                 self.kept.append(batch)
             yield batch

@@ -42,7 +42,6 @@ import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -208,21 +207,9 @@ class FrameFeed(BatchFeed):
     """:class:`~ssl4gie.bench.BatchFeed` for pretraining batches, which carry ``view1``/``view2`` (two-view
     methods) or ``image`` (MAE): it counts frames by the batch's ``meta`` list, so both count alike."""
 
-    def __iter__(self) -> Iterator[dict]:
-        for _ in range(self.n):
-            tick = time.perf_counter()
-            if self.iterator is None:
-                self.iterator = iter(self.source)
-            try:
-                batch = next(self.iterator)
-            except StopIteration:  # an epoch ended: start the next (a run pays this too)
-                self.iterator = iter(self.source)
-                batch = next(self.iterator)
-            self.wait_s += time.perf_counter() - tick
-            self.images += len(batch["meta"])
-            if self.keep:
-                self.kept.append(batch)
-            yield batch
+    @staticmethod
+    def count(batch: dict) -> int:
+        return len(batch["meta"])
 
 
 def reset_peak_rss() -> bool:
