@@ -158,6 +158,101 @@ def test_mlflow_metric_history_equals_history_csv(tmp_paths, tmp_path, monkeypat
     assert figures and {a.path for a in client.list_artifacts(run.info.run_id, "figures")} == figures
 
 
+# ------------------------------------------------------------------------------------- an interrupted run resumed
+def interrupt_after_epoch(monkeypatch, epoch: int) -> None:
+    """The run stops as on Ctrl-C (or a preemption signal) right after it saved ``last.pt`` of ``epoch``."""
+    from ssl4gie.engine.trainer import Trainer
+
+    save = Trainer.save
+
+    def save_then_stop(self, last=True, best=False):
+        save(self, last=last, best=best)
+        if last and self.epoch == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "save", save_then_stop)
+
+
+def test_a_resumed_run_continues_its_unfinished_mlflow_run(tmp_paths, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    interrupt_after_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(tmp_paths, tmp_path, "logger=mlflow")
+    monkeypatch.undo()
+    client = MlflowClient(tracking_uri=(tmp_path / "outputs" / "mlruns").as_uri())
+    experiment = client.get_experiment_by_name("ssl4gie").experiment_id
+    (killed,) = client.search_runs([experiment])
+    assert killed.info.status == "KILLED"
+    output_dir = tmp_path / "outputs" / "run"
+    noted = json.loads((output_dir / "trackers.json").read_text())["mlflow"]
+    assert noted["run_id"] == killed.info.run_id and noted["status"] == KILLED
+
+    tiny_run(tmp_paths, tmp_path, "logger=mlflow")  # the same command: resumes from last.pt
+    (run,) = client.search_runs([experiment])  # one run, not a second one for the epochs after the resume
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["ssl4gie.resumes"] == "1"
+    for key, expected in history_series(output_dir).items():
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == sorted(expected), key  # each epoch logged once
+        assert {m.step: m.value for m in history} == pytest.approx(expected, rel=1e-12), key
+    assert json.loads((output_dir / "trackers.json").read_text())["mlflow"]["status"] == SUCCESS
+
+    # a finished run is never reopened: the same folder run again from scratch gets a run of its own
+    (output_dir / "metrics.json").unlink()  # (a complete run keeps no last.pt)
+    tiny_run(tmp_paths, tmp_path, "logger=mlflow")
+    assert len(client.search_runs([experiment])) == 2
+
+
+def test_a_tracker_continues_only_an_unfinished_run_in_the_same_place(tmp_path):
+    from ssl4gie.loggers.base import remember, unfinished
+
+    assert unfinished(tmp_path, "mlflow") is None  # nothing noted
+    remember(tmp_path, "mlflow", run_id="abc", tracking_uri="file:///a", status="running")
+    assert unfinished(tmp_path, "mlflow", tracking_uri="file:///a")["run_id"] == "abc"
+    assert unfinished(tmp_path, "mlflow", tracking_uri="sqlite:///b.db") is None  # another store
+    assert unfinished(tmp_path, "wandb") is None  # another tracker
+    remember(tmp_path, "mlflow", status=FAILED)  # a failed run that runs again continues too
+    assert unfinished(tmp_path, "mlflow", tracking_uri="file:///a")["run_id"] == "abc"
+    remember(tmp_path, "mlflow", status=SUCCESS)
+    assert unfinished(tmp_path, "mlflow", tracking_uri="file:///a") is None
+    (tmp_path / "trackers.json").write_text("{not json")
+    assert unfinished(tmp_path, "mlflow") is None  # a damaged note: a new tracker run, not a crash
+
+
+def test_wandb_continues_an_online_run_and_opens_a_new_offline_one(tmp_path, monkeypatch, caplog):
+    wandb = pytest.importorskip("wandb")
+    from ssl4gie.loggers.base import remember
+    from ssl4gie.loggers.wandb import WandbLogger
+
+    calls = []
+
+    class FakeRun:  # what start() uses of a W&B run; the online service is not reachable from the tests
+        def __init__(self, id):
+            self.id, self.dir, self.url = id, str(tmp_path / "files"), f"https://wandb.ai/run/{id}"
+
+        def define_metric(self, *args, **kwargs):
+            pass
+
+    def init(**kwargs):
+        calls.append(kwargs)
+        return FakeRun(kwargs["id"] or "fresh")
+
+    monkeypatch.setattr(wandb, "init", init)
+    run = RunInfo(tmp_path, tmp_path, "run", None, "0" * 16, {})
+    remember(tmp_path, "wandb", id="xyz", project="ssl4gie", entity=None, mode="online", status=KILLED)
+    WandbLogger(mode="online").start(run)
+    assert (calls[-1]["id"], calls[-1]["resume"]) == ("xyz", "allow")
+    remember(tmp_path, "wandb", id="xyz", mode="offline", status=KILLED)
+    with caplog.at_level("INFO"):
+        WandbLogger(mode="offline").start(run)
+    assert (calls[-1]["id"], calls[-1]["resume"]) == (None, None)
+    assert "W&B cannot continue an offline run" in caplog.text and "interrupted xyz" in caplog.text
+    WandbLogger(mode="online", project="other").start(run)  # another project: nothing to continue
+    assert calls[-1]["id"] is None
+
+
 # ------------------------------------------------------------------------------------------- W&B, a sweep cell
 BLOCK = (
     32768  # W&B's transaction log: LevelDB-style 32 KiB blocks of CRC32(4) length(2) type(1)-headed chunks

@@ -8,6 +8,7 @@ Only :mod:`ssl4gie.loggers.base` is imported with the package; a tracker's modul
 from ssl4gie.loggers.base import (
     FAILED,
     KILLED,
+    RUNNING,
     SUCCESS,
     RunInfo,
     RunLogger,
@@ -20,6 +21,7 @@ from ssl4gie.loggers.base import (
 __all__ = [
     "FAILED",
     "KILLED",
+    "RUNNING",
     "SUCCESS",
     "RunInfo",
     "RunLogger",

@@ -8,11 +8,15 @@ the run.
 
 No tracker library is imported here: the chosen tracker's module (``logger._target_``) is imported when it is
 built, and that module imports its library when the tracker starts (:func:`require`).
+
+A tracker notes its run in the run folder (``trackers.json``: :func:`remember`), so that an interrupted run that
+resumes from ``last.pt`` continues the same tracker run instead of opening a second one (:func:`unfinished`).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,11 +30,44 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ssl4gie.errors import ConfigError
+from ssl4gie.utils.io import write_json
 
 log = logging.getLogger(__name__)
 
 # How a run ended, as finish() is told (each tracker maps it to its own vocabulary).
 SUCCESS, FAILED, KILLED = "success", "failed", "killed"
+RUNNING = "running"  # noted at start: a run killed outright (SIGKILL, a node lost) never gets to finish()
+TRACKER_FILE = "trackers.json"  # in the run folder: {tracker: {its run's id, where it lives, status}}
+
+
+def _notes(output_dir: Path) -> dict:
+    path = output_dir / TRACKER_FILE
+    try:
+        notes = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        log.warning("%s is not JSON; its tracker runs are not continued", path)
+        return {}
+    return notes if isinstance(notes, dict) else {}
+
+
+def remember(output_dir: Path, tracker: str, **facts: Any) -> None:
+    """Note (or update) ``facts`` about ``tracker``'s run of this run folder in ``trackers.json``."""
+    notes = _notes(output_dir)
+    notes[tracker] = {**(notes.get(tracker) or {}), **facts}
+    write_json(output_dir / TRACKER_FILE, notes)
+
+
+def unfinished(output_dir: Path, tracker: str, **where: Any) -> dict | None:
+    """The facts ``tracker`` noted of this run folder's earlier run, if that run did not end in success and lives
+    ``where`` this one logs (same tracking URI, project, ...): the tracker run a resumed run continues."""
+    facts = _notes(output_dir).get(tracker)
+    if not isinstance(facts, dict) or facts.get("status") == SUCCESS:
+        return None
+    if any(facts.get(key) != value for key, value in where.items()):
+        return None
+    return facts
 
 
 @dataclass(frozen=True)
