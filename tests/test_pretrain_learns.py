@@ -92,10 +92,9 @@ def write_world(
 
 
 def knn_by_epoch(tmp_path: Path, ssl: str, backbone: str, *extra: str) -> pd.Series:
-    frames, labelled = tmp_path / "world" / "frames", tmp_path / "world" / "labelled"
-    if not frames.exists():
-        write_world(tmp_path / "world", frames=256, per_class=200)
-    run = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+    """The probe's kNN top-1 by epoch (0: the initial network) of a pretraining through the public config."""
+    frames, labelled = write_world(tmp_path / "world", frames=256, per_class=200)
+    run = tmp_path / "run"
     cfg = compose_config(
         [
             "task=pretrain",
