@@ -8,7 +8,7 @@ import ssl4gie  # noqa: F401  registers the config resolvers (run-folder weights
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from ssl4gie.cli import run  # imported here so that `--help` and `--cfg job` stay fast
+    from ssl4gie.run.pipeline import run  # imported here so that `--help` and `--cfg job` stay fast
 
     return run(cfg)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check on one CUDA machine: the CUDA tests (pytest -m gpu tests/gpu), the study benchmark
-# (python -m ssl4gie.bench_gpu) and the pretraining benchmark (python -m ssl4gie.bench_pretrain), in under
+# (python -m ssl4gie.bench.gpu) and the pretraining benchmark (python -m ssl4gie.bench.pretrain), in under
 # 10 minutes on one H200.
 #
 # The machine's Python 3.12 has torch, torchvision, timm, torchmetrics, numpy, pandas, matplotlib, scipy, pillow,
@@ -134,7 +134,7 @@ elif ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/
   echo "no CUDA device: the benchmark runs --tiny on the CPU"
   BENCH+=(--tiny --device cpu)
 fi
-part gpu-bench 240 "$PY" -m ssl4gie.bench_gpu "${BENCH[@]}"
+part gpu-bench 240 "$PY" -m ssl4gie.bench.gpu "${BENCH[@]}"
 # pretraining speed of the four ssl × backbone pairs, about 2 minutes on one H200 (24 frames written once, cycled)
 PRETRAIN=(--all --out "$OUT/bench_pretrain.json" --work-dir "$WORK" --frames 24 --steps 5 --warmup 2 --no-progress --max-minutes 2.5)
 SMALL_PRETRAIN=(--tiny --input-size 64 --batch-size 8 --workers 0 --frame-sizes 96,160)
@@ -145,7 +145,7 @@ elif ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/
 else
   PRETRAIN+=(--device cuda --batch-size 128 --workers 8)
 fi
-part pretrain-bench 200 "$PY" -m ssl4gie.bench_pretrain "${PRETRAIN[@]}"
+part pretrain-bench 200 "$PY" -m ssl4gie.bench.pretrain "${PRETRAIN[@]}"
 rm -rf "$WORK"
 
 echo

@@ -9,7 +9,9 @@ import pytest
 import torch
 from conftest import SMALL_DECODERS, compose_config, task_overrides
 
-from ssl4gie import bench, bench_gpu, bench_tools
+from ssl4gie.bench import finetune as bench
+from ssl4gie.bench import gpu as bench_gpu
+from ssl4gie.bench import tools as bench_tools
 
 TINY_BENCH = [
     "--tiny",
@@ -156,8 +158,8 @@ def test_step_flops_count_forward_and_backward(tmp_path, tmp_paths):
     (none for the stem convolution, which is most of the tiny ResNet's work): between 2× and 3× the forward."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ssl4gie.config import instantiate_checked
     from ssl4gie.engine.trainer import Trainer
+    from ssl4gie.run.config import instantiate_checked
 
     cfg = compose_config(task_overrides("classification", tmp_paths))
     task = instantiate_checked(cfg.task, _recursive_=False)

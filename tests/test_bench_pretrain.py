@@ -1,4 +1,4 @@
-"""``python -m ssl4gie.bench_pretrain`` end to end on tiny settings: a functional check of the command (every key,
+"""``python -m ssl4gie.bench.pretrain`` end to end on tiny settings: a functional check of the command (every key,
 positive rates, the invariants between them, FLOPs against the encoder's own count), not a timing."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 from conftest import compose_config
 from torch.utils.flop_counter import FlopCounterMode
 
-from ssl4gie import bench_pretrain
-from ssl4gie import config as config_checks
+from ssl4gie.bench import pretrain as bench_pretrain
+from ssl4gie.run import config as config_checks
 
 SIZE = 64
 TINY_ARGS = [

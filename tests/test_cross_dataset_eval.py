@@ -9,9 +9,9 @@ import pytest
 from conftest import compose_config, segmentation_overrides
 from omegaconf import OmegaConf
 
-from ssl4gie.cli import execute
-from ssl4gie.config import fingerprint, validate
 from ssl4gie.errors import ConfigError
+from ssl4gie.run.config import fingerprint, validate
+from ssl4gie.run.pipeline import execute
 
 CVC = "dataset.synthetic={n: 9, seed: 1, size: [64, 48]}"
 PRANET = "dataset.synthetic={n: 7, seed: 2, size_range: [48, 72]}"
@@ -168,8 +168,8 @@ def test_generalisation_smoke_sweep_gives_an_in_vs_out_of_distribution_table(tmp
 
 
 def test_skip_missing_data_skips_only_evaluations(tmp_path):
-    from ssl4gie.cli import execute
     from ssl4gie.errors import DatasetMissing
+    from ssl4gie.run.pipeline import execute
 
     missing = segmentation_overrides(tmp_path / "nowhere", tmp_path, "skip_missing_data=true")
     with pytest.raises(DatasetMissing, match="not found"):  # training on absent data is an error, always

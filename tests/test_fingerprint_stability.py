@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from conftest import compose_config
 
-from ssl4gie.config import fingerprint
-from ssl4gie.weights_id import InitialWeights
+from ssl4gie.run.config import fingerprint
+from ssl4gie.run.weights import InitialWeights
 
 BEFORE = {
     ("task=segmentation",): "52e54df1fc614805",

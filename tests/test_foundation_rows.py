@@ -9,8 +9,8 @@ from conftest import CONF, compose_config
 from hydra import compose, initialize_config_dir
 from test_sweeps import expand
 
-from ssl4gie.config import validate
 from ssl4gie.errors import ConfigError
+from ssl4gie.run.config import validate
 
 # row file -> (backbone, pretraining, row code)
 ROWS = {

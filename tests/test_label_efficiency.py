@@ -13,8 +13,8 @@ from conftest import FAST, ROOT, SMALL_DECODERS, TINY, compose_config, run_cli
 from omegaconf import DictConfig
 from test_sweeps import expand
 
-from ssl4gie.config import instantiate_checked, validate
 from ssl4gie.data.splits import split_files
+from ssl4gie.run.config import instantiate_checked, validate
 
 FRACTIONS = ["0.01", "0.1", "0.25", "0.5", "1.0"]
 COLUMNS = {

@@ -20,11 +20,11 @@ from conftest import ROOT, compose_config, task_overrides
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from ssl4gie import config as config_checks
-from ssl4gie.cli import execute
 from ssl4gie.errors import ConfigError
 from ssl4gie.loggers import FAILED, KILLED, SUCCESS, RunInfo, RunLogger, Trackers, build_loggers
-from ssl4gie.weights_id import InitialWeights
+from ssl4gie.run import config as config_checks
+from ssl4gie.run.pipeline import execute
+from ssl4gie.run.weights import InitialWeights
 
 # two epochs after a validation of the initial weights: rows with and without training values (epoch 0)
 RUN = ("trainer.epochs=2", "trainer.val_at_start=true")
@@ -90,7 +90,7 @@ def test_the_default_run_writes_no_tracker_files(tmp_paths, tmp_path):
 
 def test_no_tracker_library_is_imported_unless_chosen():
     code = (
-        "import sys, ssl4gie.cli, ssl4gie.loggers, ssl4gie.engine.trainer; "
+        "import sys, ssl4gie.run.pipeline, ssl4gie.loggers, ssl4gie.engine.trainer; "
         "print([m for m in ('tensorboard', 'torch.utils.tensorboard', 'mlflow', 'wandb') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -400,7 +400,7 @@ class Recorder(RunLogger):
 
 
 def test_trackers_get_the_history_rows_and_the_way_a_run_ended(tmp_paths, tmp_path, monkeypatch):
-    import ssl4gie.cli
+    import ssl4gie.run.pipeline
 
     Recorder.calls = []
     output_dir = tiny_run(tmp_paths, tmp_path, "+logger._target_=test_loggers.Recorder")
@@ -415,7 +415,7 @@ def test_trackers_get_the_history_rows_and_the_way_a_run_ended(tmp_paths, tmp_pa
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ssl4gie.cli, "read_run_checkpoint", broken)
+    monkeypatch.setattr(ssl4gie.run.pipeline, "read_run_checkpoint", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         tiny_run(tmp_paths, tmp_path / "again", "+logger._target_=test_loggers.Recorder")
     assert [c[0] for c in Recorder.calls] == ["start", "epoch", "epoch", "epoch", "finish"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl4gie.losses import (
+from ssl4gie.tasks.losses import (
     align_median,
     align_scale_shift,
     class_weights,
@@ -140,7 +140,7 @@ def test_align_median_scales_by_ratio_of_medians():
 
 
 def test_soft_dice_loss_hand_computed():
-    from ssl4gie.losses import soft_dice_loss
+    from ssl4gie.tasks.losses import soft_dice_loss
 
     logits = torch.tensor([[[[0.0, 0.0]]]])  # p = 0.5, 0.5
     target = torch.tensor([[[[1.0, 0.0]]]])

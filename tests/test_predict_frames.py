@@ -13,12 +13,12 @@ import torch
 from conftest import compose_config, task_overrides
 from PIL import Image
 
-from ssl4gie.cli import execute
-from ssl4gie.config import instantiate_checked
 from ssl4gie.data.segmentation import SegmentationItem, decode_pair
 from ssl4gie.data.transforms import normalize
 from ssl4gie.engine.checkpoint import read_run_checkpoint
 from ssl4gie.errors import ConfigError
+from ssl4gie.run.config import instantiate_checked
+from ssl4gie.run.pipeline import execute
 from ssl4gie.tasks.segmentation import SegmentationEvaluator
 
 # file name -> (width, height, PIL format): mixed sizes, formats, suffix cases, spaces and dots in names

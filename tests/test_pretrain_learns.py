@@ -41,8 +41,8 @@ import pytest
 from conftest import TINY, compose_config
 from PIL import Image
 
-from ssl4gie.cli import execute
 from ssl4gie.data.synthetic import HYPERKVASIR_CLASSES
+from ssl4gie.run.pipeline import execute
 
 PROBE_CLASSES = ["cecum", "ileum", "retroflex-rectum", "pylorus", "retroflex-stomach", "z-line"]
 SIDE = 64

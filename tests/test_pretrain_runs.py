@@ -18,8 +18,8 @@ import torch
 from conftest import ROOT, TINY, compose_config, run_cli, task_overrides
 from PIL import Image
 
-from ssl4gie.cli import execute
 from ssl4gie.errors import ConfigError
+from ssl4gie.run.pipeline import execute
 
 PAIRS = [("mocov3", "resnet50"), ("mocov3", "vit_b"), ("barlowtwins", "resnet50"), ("mae", "vit_b")]
 # what each method adds to history.csv besides loss, lr and the monitors
@@ -277,7 +277,7 @@ def test_the_epoch_0_baseline_of_a_resnet_has_batchnorm_statistics_of_real_frame
     """At initialisation BatchNorm's running statistics are 0 / 1; a baseline evaluated with them would be beaten
     by any training just through the statistics. The baseline is a copy with statistics of the monitor frames;
     the model that trains is left as it is."""
-    from ssl4gie.config import instantiate_checked
+    from ssl4gie.run.config import instantiate_checked
 
     cfg = compose_config(pretrain_overrides(tmp_path, "barlowtwins", "resnet50"), tmp_path / "run")
     task = instantiate_checked(cfg.task, _recursive_=False)
@@ -303,7 +303,7 @@ def test_continued_pretraining_starts_from_a_rows_weights(ssl, backbone, tmp_pat
     them)."""
     from checkpoint_layouts import random_like, tiny_backbone
 
-    from ssl4gie.config import instantiate_checked
+    from ssl4gie.run.config import instantiate_checked
     from ssl4gie.utils.io import save_torch
 
     family = "resnet" if backbone == "resnet50" else "vit"

@@ -10,8 +10,8 @@ import torch
 from checkpoint_layouts import mae_encoder, mae_full, mocov3, plain, random_like, supervised, tiny_backbone
 from conftest import compose_config, run_cli, segmentation_overrides
 
-from ssl4gie.cli import execute
 from ssl4gie.errors import ConfigError
+from ssl4gie.run.pipeline import execute
 from ssl4gie.tasks.segmentation import SegmentationTask
 
 # (backbone, pretraining, layout of the file as published); random has no file.

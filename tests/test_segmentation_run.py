@@ -10,8 +10,8 @@ import torch
 from conftest import compose_config, run_cli, segmentation_overrides
 from PIL import Image
 
-from ssl4gie.cli import execute
 from ssl4gie.engine.trainer import Trainer
+from ssl4gie.run.pipeline import execute
 
 KEYS = ("test/dice", "test/iou", "test/precision", "test/recall", "val/dice")
 

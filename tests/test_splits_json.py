@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import compose_config, task_overrides
 
-from ssl4gie.cli import execute
+from ssl4gie.run.pipeline import execute
 
 
 def test_a_run_lists_the_files_it_trained_on_and_the_fraction_in_its_metrics(tmp_paths, tmp_path):

@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from ssl4gie.config import validate
-from ssl4gie.sweep_progress import count_cells
+from ssl4gie.run.config import validate
+from ssl4gie.run.sweep_progress import count_cells
 
 EXPECTED = {
     "study": 72,

@@ -13,8 +13,8 @@ from checkpoint_layouts import plain, tiny_backbone
 from conftest import compose_config, run_cli, segmentation_overrides
 from omegaconf import OmegaConf
 
-from ssl4gie.config import fingerprint
-from ssl4gie.weights_id import file_sha256
+from ssl4gie.run.config import fingerprint
+from ssl4gie.run.weights import file_sha256
 
 ROW = ["pretraining=imagenet_barlowtwins"]  # ResNet-50; Barlow Twins' resnet50.pth is a plain state dict
 

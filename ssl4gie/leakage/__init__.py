@@ -28,8 +28,8 @@ from PIL import Image
 
 from ssl4gie.leakage.hashing import close_pairs, default_threshold, hash_images
 from ssl4gie.leakage.sources import Source, open_source
+from ssl4gie.utils.figures import save_figure
 from ssl4gie.utils.io import save_dataframe_csv
-from ssl4gie.visualize import save_figure
 
 log = logging.getLogger(__name__)
 

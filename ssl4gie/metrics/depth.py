@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssl4gie.losses import align_median, align_scale_shift, masked_median
+from ssl4gie.tasks.losses import align_median, align_scale_shift, masked_median
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ self-supervised releases (MoCo v2/v3, Barlow Twins, MAE, DINO, DINOv2, ...) read
 
 Where the weights come from, in order: ``pretraining.checkpoint`` (an explicit file), ``paths.weights_dir/<files.
 <backbone>>`` (the documented file name of the row), then timm's hub tag (``hub.<backbone>``) where the row has one
-(:func:`ssl4gie.weights_id.weights_file`, shared with the run fingerprint and the run-folder tag).
+(:func:`ssl4gie.run.weights.weights_file`, shared with the run fingerprint and the run-folder tag).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 from ssl4gie.errors import ConfigError
 from ssl4gie.models.checkpoints import LoadReceipt, load_backbone_weights, read_checkpoint, to_timm_state_dict
 from ssl4gie.models.checkpoints.io import CheckpointError
-from ssl4gie.weights_id import weights_file  # one lookup for the loader, the fingerprint and the run folder
+from ssl4gie.run.weights import weights_file  # one lookup for the loader, the fingerprint and the run folder
 
 log = logging.getLogger(__name__)
 

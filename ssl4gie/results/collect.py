@@ -4,7 +4,7 @@ A *run folder* is any folder holding ``.hydra/``, ``metrics.json`` or ``failed.j
 recursively, so Hydra's flat ``<sweep>/<job>/`` layout, nested ``<sweep>/<override_dirname>/`` folders and a single
 run folder all work. Status of a run folder:
 
-* ``complete``: ``metrics.json`` with ``status: complete`` (written atomically and last by ``ssl4gie.cli``);
+* ``complete``: ``metrics.json`` with ``status: complete`` (written atomically and last by ``ssl4gie.run.pipeline``);
 * ``failed``: ``failed.json`` (``error``, ``type``, ``time``) and no complete ``metrics.json``;
 * ``skipped``: ``skipped.json`` (an evaluation whose dataset is not on disk, ``skip_missing_data=true``);
 * ``incomplete``: anything else (still running, killed, or never started past Hydra's ``.hydra/``).

@@ -33,7 +33,7 @@ from ssl4gie.results.tables import (
     ordered_rows,
     selected_runs,
 )
-from ssl4gie.visualize import save_figure
+from ssl4gie.utils.figures import save_figure
 
 SERIES_COLUMNS = ("task_dataset", "metric", "row", "x", "mean", "std", "n")
 

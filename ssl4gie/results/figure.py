@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 
 from ssl4gie.results.tables import MISSING, arrow, caption
-from ssl4gie.visualize import save_figure
+from ssl4gie.utils.figures import save_figure
 
 FAMILY_COLOURS = {"RN": "tab:blue", "VT": "tab:orange"}  # ResNet-50 rows, ViT-B rows; any other: grey
 FAMILY_NAMES = {"RN": "ResNet-50", "VT": "ViT-B"}

@@ -1,6 +1,6 @@
 """MAE reconstruction figures for pretraining runs (SPEC_PRETRAIN 4: "saved reconstructions").
 
-matplotlib with the Agg backend, written atomically through :func:`ssl4gie.visualize.save_figure`.
+matplotlib with the Agg backend, written atomically through :func:`ssl4gie.utils.figures.save_figure`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ssl4gie.ssl.mae import NORM_PIX_EPS, patchify, standardise_patches, unpatchify
-from ssl4gie.visualize import plt, save_figure
+from ssl4gie.utils.figures import plt, save_figure
 
 COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
 MASKED_GREY = 0.5  # removed patches are shown mid-grey, as in the MAE paper's figures

@@ -28,13 +28,13 @@ from ssl4gie.data.hyperkvasir import ClassificationTrainTransform, HyperKvasirDa
 from ssl4gie.data.readers import open_image
 from ssl4gie.data.transforms import normalize
 from ssl4gie.errors import ConfigError, DatasetError
-from ssl4gie.losses import class_weights, weighted_cross_entropy
 from ssl4gie.metrics.classification import classification_metrics, confusion_matrix
 from ssl4gie.models.backbone import BackboneModel, InputNorm, create_backbone, input_norm
 from ssl4gie.models.pretrained import load_pretrained, resolve_backbone
 from ssl4gie.tasks.base import Evaluator, Task
+from ssl4gie.tasks.losses import class_weights, weighted_cross_entropy
+from ssl4gie.utils.figures import save_figure
 from ssl4gie.utils.io import save_dataframe_csv
-from ssl4gie.visualize import save_figure
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,6 @@ from ssl4gie.data.frames import FrameDataset
 from ssl4gie.data.readers import open_image
 from ssl4gie.data.transforms import normalize
 from ssl4gie.errors import ConfigError, DatasetError
-from ssl4gie.losses import align_scale_shift, ssi_loss, ssi_mse
 from ssl4gie.metrics.depth import (
     STUDY_METRIC_NAMES,
     STUDY_NATIVE_SCALE,
@@ -41,9 +40,10 @@ from ssl4gie.metrics.depth import (
     study_depth_metrics,
 )
 from ssl4gie.tasks.base import Evaluator, Task
+from ssl4gie.tasks.losses import align_scale_shift, ssi_loss, ssi_mse
 from ssl4gie.tasks.segmentation import build_dense_model
+from ssl4gie.utils.figures import save_figure
 from ssl4gie.utils.io import atomic_path
-from ssl4gie.visualize import save_figure
 
 FIGURE_MAX_SIDE = 640  # figures are subsampled to this; 1350×1080 panels would only make larger PNGs
 PROTOCOLS = ("ssl4gie", "study")

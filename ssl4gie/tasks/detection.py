@@ -31,8 +31,8 @@ from ssl4gie.models.detection import (
 )
 from ssl4gie.models.pretrained import load_pretrained, resolve_backbone
 from ssl4gie.tasks.base import Evaluator, Task
+from ssl4gie.utils.figures import save_figure
 from ssl4gie.utils.io import write_json
-from ssl4gie.visualize import save_figure
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
-from ssl4gie.config import group_options
 from ssl4gie.data.hyperkvasir import HyperKvasirDataset
 from ssl4gie.data.ssl_transforms import byol_views, mae_view, probe_view
 from ssl4gie.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -35,6 +34,7 @@ from ssl4gie.errors import DatasetError
 from ssl4gie.models.backbone import create_backbone
 from ssl4gie.models.checkpoints import load_backbone_weights
 from ssl4gie.models.pretrained import load_pretrained
+from ssl4gie.run.config import group_options
 from ssl4gie.ssl import export
 from ssl4gie.ssl.barlowtwins import BarlowTwins
 from ssl4gie.ssl.figures import draw_mae_reconstructions
@@ -203,7 +203,7 @@ class PretrainEvaluator(Evaluator):
 
 # ------------------------------------------------------------------------------------------------------ task
 class PretrainTask(Task):
-    """``task=pretrain``: one ``ssl`` method's recipe for one backbone (validated by :mod:`ssl4gie.config`)."""
+    """``task=pretrain``: one ``ssl`` method's recipe for one backbone (validated by :mod:`ssl4gie.run.config`)."""
 
     name = "pretrain"
 
@@ -301,7 +301,7 @@ class PretrainTask(Task):
         return data
 
     def _probe_sets(self, cache_dir, progress) -> list[Dataset]:
-        from ssl4gie.config import instantiate_checked
+        from ssl4gie.run.config import instantiate_checked
 
         try:
             reader = instantiate_checked(self.probe.data)

@@ -19,7 +19,6 @@ from ssl4gie.data.readers import open_image
 from ssl4gie.data.segmentation import SegmentationDataset
 from ssl4gie.data.transforms import SegmentationTrainTransform, normalize
 from ssl4gie.errors import ConfigError
-from ssl4gie.losses import soft_dice_loss
 from ssl4gie.metrics.segmentation import PROTOCOLS, SegmentationMetricAccumulator, binary_metrics
 from ssl4gie.models.backbone import (
     EncoderDecoder,
@@ -31,8 +30,9 @@ from ssl4gie.models.backbone import (
 from ssl4gie.models.dilation import dilate_like_smp
 from ssl4gie.models.pretrained import load_pretrained, resolve_backbone
 from ssl4gie.tasks.base import Evaluator, Task
+from ssl4gie.tasks.losses import soft_dice_loss
+from ssl4gie.utils.figures import prediction_panels, save_figure, segmentation_panels
 from ssl4gie.utils.io import atomic_path
-from ssl4gie.visualize import prediction_panels, save_figure, segmentation_panels
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 from split_datasets import KINDS, SplitDatasets, videos_of
 
-from ssl4gie.config import fingerprint
 from ssl4gie.data.hyperkvasir import OFFICIAL_SPLIT_FILE
 from ssl4gie.data.splits import SPLITS, VAL_SHARE, assign_folds, kfold_split, split_facts, split_files
 from ssl4gie.errors import ConfigError, DatasetError
+from ssl4gie.run.config import fingerprint
 
 
 @pytest.fixture(scope="module")

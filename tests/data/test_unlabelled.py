@@ -14,7 +14,6 @@ from conftest import compose_config
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ssl4gie.config import instantiate_checked
 from ssl4gie.data import unlabelled
 from ssl4gie.data.collate import collate
 from ssl4gie.data.ssl_transforms import byol_views, mae_view, probe_view
@@ -32,6 +31,7 @@ from ssl4gie.data.unlabelled import (
     read_resized,
 )
 from ssl4gie.errors import ConfigError, DatasetError, DatasetMissing
+from ssl4gie.run.config import instantiate_checked
 
 IMAGES = "unlabeled-images/images"
 DOWNLOAD = "https://datasets.simula.no/downloads/hyper-kvasir/hyper-kvasir-unlabeled-images.zip"

@@ -20,8 +20,8 @@ import torch
 from conftest import compose_config, task_overrides
 from omegaconf import DictConfig, OmegaConf
 
-from ssl4gie.config import instantiate_checked
 from ssl4gie.engine.trainer import Trainer
+from ssl4gie.run.config import instantiate_checked
 from ssl4gie.utils.seed import seed_everything
 
 DEVICE = os.environ.get("SSL4GIE_GPU_TESTS_DEVICE", "cuda")
@@ -79,7 +79,7 @@ class Case:
         trainer = Trainer(
             cfg, self.task, copy.deepcopy(self.model), out, self.cfg.seed, "gpu-test", {}, dist_env
         )
-        self.task.augment_on_device = trainer.augment_on_device  # as ssl4gie.cli does
+        self.task.augment_on_device = trainer.augment_on_device  # as ssl4gie.run.pipeline does
         return trainer
 
     def datasets(self, *splits: str) -> dict:

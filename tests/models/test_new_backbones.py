@@ -14,10 +14,10 @@ from conftest import compose_config, task_overrides
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ssl4gie.cli import execute
 from ssl4gie.errors import ConfigError
 from ssl4gie.models.backbone import create_backbone, evenly_spaced_indices, feature_channels
 from ssl4gie.models.detection import vit_detector
+from ssl4gie.run.pipeline import execute
 
 METRIC = {
     "segmentation": "test/dice",

@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from checkpoint_layouts import ref_bn, ref_conv
 from omegaconf import OmegaConf
 
-from ssl4gie.config import CONF_DIR
 from ssl4gie.errors import ConfigError
 from ssl4gie.models.backbone import create_backbone
 from ssl4gie.models.checkpoints import load_backbone_weights
 from ssl4gie.models.checkpoints.io import CheckpointError
+from ssl4gie.run.config import CONF_DIR
+from ssl4gie.run.weights import weights_file
 from ssl4gie.utils.io import save_torch
-from ssl4gie.weights_id import weights_file
 
 LAYERS = (3, 4, 6, 3)
 

@@ -24,11 +24,11 @@ from checkpoint_layouts import (
 from conftest import compose_config, task_overrides
 from PIL import Image
 
-from ssl4gie.cli import execute
-from ssl4gie.config import instantiate_checked
 from ssl4gie.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ssl4gie.models.checkpoints import CheckpointError
 from ssl4gie.models.checkpoints.study import detect_kind
+from ssl4gie.run.config import instantiate_checked
+from ssl4gie.run.pipeline import execute
 
 SIZE = 64  # task.input_size of the FAST overrides
 

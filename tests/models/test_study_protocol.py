@@ -23,10 +23,10 @@ from test_study_checkpoints import (
     study_file,
 )
 
-from ssl4gie.cli import execute
-from ssl4gie.config import instantiate_checked
 from ssl4gie.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ssl4gie.errors import ConfigError
+from ssl4gie.run.config import instantiate_checked
+from ssl4gie.run.pipeline import execute
 
 S = 1e-8  # the study's smoothing
 
@@ -158,7 +158,7 @@ def test_protocol_errors_name_the_option_and_the_valid_values(tmp_paths):
 
 
 def test_the_protocol_is_part_of_the_run_identity_and_macro_over_null_is_its_default(tmp_paths, tmp_path):
-    from ssl4gie.config import fingerprint
+    from ssl4gie.run.config import fingerprint
 
     for task in ("classification", "segmentation"):
         base = task_overrides(task, tmp_paths)

@@ -34,7 +34,7 @@ CLASSES = ("a", "b", "c", "d")
 
 
 def write_run(folder: Path, facts: dict, frame: pd.DataFrame) -> None:
-    """A complete run folder as ssl4gie.cli writes it: metrics.json (last) and per_image_test.csv."""
+    """A complete run folder as ssl4gie.run.pipeline writes it: metrics.json (last) and per_image_test.csv."""
     folder.mkdir(parents=True)
     frame.to_csv(folder / "per_image_test.csv", index=False)
     (folder / "metrics.json").write_text(json.dumps({"status": "complete", "frozen": False} | facts))

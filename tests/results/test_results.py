@@ -52,7 +52,7 @@ def per_image(row: str, column: str, seed: int) -> pd.DataFrame:
 
 
 def write_run(folder: Path, row: str, column: str, seed: int, frozen: bool = False) -> pd.DataFrame:
-    """A complete run folder as ssl4gie.cli writes it; returns its per-image table."""
+    """A complete run folder as ssl4gie.run.pipeline writes it; returns its per-image table."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides(row, column, seed, frozen)))
     frame = per_image(row, column, seed)

@@ -12,12 +12,12 @@ from conftest import FAST, TINY, compose_config
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from ssl4gie.cli import execute
-from ssl4gie.config import validate
 from ssl4gie.data.hyperkvasir import HyperKvasir, write_synthetic
 from ssl4gie.errors import ConfigError
-from ssl4gie.losses import class_weights
+from ssl4gie.run.config import validate
+from ssl4gie.run.pipeline import execute
 from ssl4gie.tasks.classification import ClassificationTask, Classifier
+from ssl4gie.tasks.losses import class_weights
 
 ANATOMICAL = ["cecum", "ileum", "retroflex-rectum", "pylorus", "retroflex-stomach", "z-line"]
 METRICS = ("accuracy", "f1", "precision", "recall")

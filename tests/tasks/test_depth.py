@@ -12,9 +12,9 @@ from conftest import FAST, TINY, compose_config
 from hydra.utils import instantiate
 from PIL import Image
 
-from ssl4gie.cli import execute
 from ssl4gie.data.c3vd import PadGeometry
 from ssl4gie.data.collate import collate
+from ssl4gie.run.pipeline import execute
 from ssl4gie.tasks.depth import DepthEvaluator
 
 # Small depth decoders, so CPU loops stay fast; the real widths are checked in test_real_size_models_forward.

@@ -14,10 +14,10 @@ from omegaconf import OmegaConf
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ssl4gie.cli import execute
 from ssl4gie.data.detection import DetectionDataset, KvasirDetection
 from ssl4gie.data.synthetic import write_kvasir_seg
 from ssl4gie.errors import ConfigError
+from ssl4gie.run.pipeline import execute
 from ssl4gie.tasks.detection import PREDICTIONS_FILE, DetectionTask, resolve_frozen_bn
 
 # 16 images -> 12/2/2; sides up to 160 px so the ViT's 128² canvas both pads and shrinks.

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ssl4gie.errors import Ssl4gieError
-from ssl4gie.weights_id import TENSORFLOW_CONVERSION, is_tensorflow_checkpoint
+from ssl4gie.run.weights import TENSORFLOW_CONVERSION, is_tensorflow_checkpoint
 
 
 class CheckpointError(Ssl4gieError, ValueError):

@@ -24,7 +24,7 @@ from ssl4gie.models.checkpoints.rules import (
     StateDict,
     tensor_dict,
 )
-from ssl4gie.weights_id import SIMCLRV2_CONVERSION
+from ssl4gie.run.weights import SIMCLRV2_CONVERSION
 
 NAME = "simclrv2"
 LAYOUT = (

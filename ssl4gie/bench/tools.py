@@ -1,4 +1,4 @@
-"""Pieces of the GPU benchmark (:mod:`ssl4gie.bench_gpu`): its synthetic data, peak FLOP/s per GPU, the FLOPs of
+"""Pieces of the GPU benchmark (:mod:`ssl4gie.bench.gpu`): its synthetic data, peak FLOP/s per GPU, the FLOPs of
 one training step, model FLOP utilisation, out-of-memory detection and loader images/s per worker.
 
 Everything here goes through the engine's public interface (``trainer.loader``, ``trainer.train_epoch``,
@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torch.utils.flop_counter import FlopCounterMode
 
-from ssl4gie.bench import BatchFeed
+from ssl4gie.bench.finetune import BatchFeed
 from ssl4gie.data import synthetic
 
 log = logging.getLogger("ssl4gie.bench")

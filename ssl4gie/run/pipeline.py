@@ -15,7 +15,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ssl4gie import config as config_checks
 from ssl4gie.data.frames import list_frames
 from ssl4gie.data.splits import split_facts, split_files
 from ssl4gie.engine import distributed
@@ -25,9 +24,10 @@ from ssl4gie.errors import DatasetMissing, Ssl4gieError
 from ssl4gie.loggers import Trackers, build_loggers, final_metrics, run_info
 from ssl4gie.models.checkpoints import study as study_checkpoints
 from ssl4gie.models.checkpoints.study import check_against
+from ssl4gie.run import config as config_checks
+from ssl4gie.run.weights import InitialWeights, run_weights
 from ssl4gie.utils.io import save_dataframe_csv, write_json
 from ssl4gie.utils.seed import seed_everything
-from ssl4gie.weights_id import InitialWeights, run_weights
 
 log = logging.getLogger("ssl4gie")
 

@@ -1,4 +1,4 @@
-"""``python -m ssl4gie.bench_pretrain``: how fast self-supervised pretraining (``task=pretrain``) runs here.
+"""``python -m ssl4gie.bench.pretrain``: how fast self-supervised pretraining (``task=pretrain``) runs here.
 
 For one ``--ssl`` × ``--backbone`` pair (or ``--all`` four: MoCo v3 × ResNet-50 / ViT-B, Barlow Twins × ResNet-50,
 MAE × ViT-B) it composes the real config (``conf/task/pretrain.yaml``, ``conf/ssl/``), builds the model, the
@@ -25,10 +25,10 @@ synthetic frames in HyperKvasir's unlabelled layout once (sides 576–1280 px, l
 1280×1024; about 0.3–0.8 s of CPU each) into ``--work-dir`` and reuses them; the training loader cycles them.
 Results: a table on stdout and JSON (``--out``, rewritten after every pair)::
 
-    python -m ssl4gie.bench_pretrain                                  # MoCo v3 × ResNet-50, 224², batch 8
-    python -m ssl4gie.bench_pretrain --ssl mae --backbone vit_b --batch-size 128 --device cuda
-    python -m ssl4gie.bench_pretrain --all --device cuda --batch-size 128 --workers 8 --frames 32
-    python -m ssl4gie.bench_pretrain --all --tiny --input-size 64 --device cpu    # a functional check
+    python -m ssl4gie.bench.pretrain                                  # MoCo v3 × ResNet-50, 224², batch 8
+    python -m ssl4gie.bench.pretrain --ssl mae --backbone vit_b --batch-size 128 --device cuda
+    python -m ssl4gie.bench.pretrain --all --device cuda --batch-size 128 --workers 8 --frames 32
+    python -m ssl4gie.bench.pretrain --all --tiny --input-size 64 --device cpu    # a functional check
 """
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ssl4gie import bench, bench_tools
-from ssl4gie import config as config_checks
-from ssl4gie.bench import BatchFeed, build_trainer, compose_real, machine_info, train_throughput
+from ssl4gie.bench import finetune as bench
+from ssl4gie.bench import tools as bench_tools
+from ssl4gie.bench.finetune import BatchFeed, build_trainer, compose_real, machine_info, train_throughput
 from ssl4gie.errors import ConfigError
+from ssl4gie.run import config as config_checks
 
 log = logging.getLogger("ssl4gie.bench")
 
@@ -77,7 +78,7 @@ PAIR_KEYS = (
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m ssl4gie.bench_pretrain",
+        prog="python -m ssl4gie.bench.pretrain",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

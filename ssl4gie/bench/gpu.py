@@ -1,4 +1,4 @@
-"""``python -m ssl4gie.bench_gpu``: the study's finetuning cases on one GPU — 4 tasks × ResNet-50 / ViT-B.
+"""``python -m ssl4gie.bench.gpu``: the study's finetuning cases on one GPU — 4 tasks × ResNet-50 / ViT-B.
 
 Per case (segmentation, classification, detection, depth × resnet50, vit_b) it composes the real config at the
 study's settings (real-size models, 224² inputs; detection: ResNet short side 800 / long side ≤ 1333, ViT canvas
@@ -9,7 +9,7 @@ more:
 * training images/s and the share of step time spent waiting for the next batch;
 * peak GPU memory (``torch.cuda.max_memory_allocated``, reset per case);
 * FLOPs of one training micro-step (forward + backward, ``FlopCounterMode``) and model FLOP utilisation
-  MFU = model FLOPs/s ÷ the GPU's dense bf16 peak (:data:`ssl4gie.bench_tools.BF16_PEAK_TFLOPS`,
+  MFU = model FLOPs/s ÷ the GPU's dense bf16 peak (:data:`ssl4gie.bench.tools.BF16_PEAK_TFLOPS`,
   ``--peak-tflops``; n/a on a CPU);
 * the loader's images/s per worker in GPU-augment mode (workers only read the decoded cache and collate; the
   batch is augmented on the GPU) with 1 and 2 workers, on any machine, and the CPU cores one GPU needs at the
@@ -21,10 +21,10 @@ A case that runs out of GPU memory is reported as ``oom`` and the next one runs;
 once into ``--work-dir`` and reused. Results: a table on stdout and JSON (``--out``, rewritten after every case,
 so that an interrupted suite still leaves its finished cases)::
 
-    python -m ssl4gie.bench_gpu --out bench_gpu.json                       # the 8 cases, GPU settings
-    python -m ssl4gie.bench_gpu --tasks detection --backbones vit_b --micro-batch 4
-    python -m ssl4gie.bench_gpu --loader-only --device cpu                 # per-worker loader rates, any machine
-    python -m ssl4gie.bench_gpu --tiny --device cpu                        # tiny models and inputs, minutes on CPU
+    python -m ssl4gie.bench.gpu --out bench_gpu.json                       # the 8 cases, GPU settings
+    python -m ssl4gie.bench.gpu --tasks detection --backbones vit_b --micro-batch 4
+    python -m ssl4gie.bench.gpu --loader-only --device cpu                 # per-worker loader rates, any machine
+    python -m ssl4gie.bench.gpu --tiny --device cpu                        # tiny models and inputs, minutes on CPU
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, open_dict
 
-from ssl4gie import bench, bench_tools
-from ssl4gie import config as config_checks
-from ssl4gie.bench import BatchFeed, _sync, build_trainer, compose_real, machine_info
+from ssl4gie.bench import finetune as bench
+from ssl4gie.bench import tools as bench_tools
+from ssl4gie.bench.finetune import BatchFeed, _sync, build_trainer, compose_real, machine_info
+from ssl4gie.run import config as config_checks
 
 log = logging.getLogger("ssl4gie.bench")
 
@@ -94,7 +95,7 @@ CASE_KEYS = (
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m ssl4gie.bench_gpu",
+        prog="python -m ssl4gie.bench.gpu",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -204,7 +205,7 @@ def measure_case(cfg: DictConfig, args: argparse.Namespace, cache_dir: Path, scr
         "params_m": sum(p.numel() for p in trainer.model.parameters()) / 1e6,
     }
     if not args.loader_only:
-        task.augment_on_device = trainer.augment_on_device  # as ssl4gie.cli does
+        task.augment_on_device = trainer.augment_on_device  # as ssl4gie.run.pipeline does
         train_set = task.build_datasets(reader, ["train"], str(cache_dir), False)["train"]
         facts.update(measure_training(trainer, train_set, args, peak))
     # The loader of a GPU run on any machine: decoded cache + collate in the workers, augmentation on the device.

@@ -11,9 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl4gie.data.splits import identity_dataset, identity_split
 from ssl4gie.errors import ConfigError
-from ssl4gie.weights_id import InitialWeights, run_weights
+from ssl4gie.run.weights import InitialWeights, run_weights
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 MODES = ("train", "eval", "predict")
 
 # Options that do not change what a run computes: two runs that differ only here are the same experiment
@@ -159,7 +159,7 @@ def fingerprint(cfg: DictConfig, weights: InitialWeights | None = None) -> str:
     """A short hash of everything that defines the experiment (see NOT_IDENTITY for what does not), including the
     identity of the initial weights: the sha256 of the local file that is loaded, or the timm hub tag.
 
-    ``weights`` is :func:`ssl4gie.weights_id.run_weights` of ``cfg`` (looked up, and raising its errors, when not
+    ``weights`` is :func:`ssl4gie.run.weights.run_weights` of ``cfg`` (looked up, and raising its errors, when not
     given). A row without weights (random) adds nothing, so its fingerprint is what it was before weights counted.
     """
     weights = run_weights(cfg) if weights is None else weights

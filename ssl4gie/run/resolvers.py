@@ -2,7 +2,7 @@
 
 Every process that resolves ``hydra.run.dir``, ``hydra.sweep.subdir`` or ``hydra.launcher`` must have them: the
 driver imports ``ssl4gie`` in ``run.py``; a submitit job process does not run ``run.py``'s top level, but it
-unpickles the Hydra callbacks of conf/config.yaml (``ssl4gie.launcher_checks``, ``ssl4gie.sweep_progress``; pickled
+unpickles the Hydra callbacks of conf/config.yaml (``ssl4gie.run.launcher_checks``, ``ssl4gie.run.sweep_progress``; pickled
 by reference), which imports the package before Hydra resolves the job's folder.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ssl4gie.data.splits import DEFAULT_FOLD_SEED, OFFICIAL_SPLIT_FILE
-from ssl4gie.weights_id import run_dir_tag
+from ssl4gie.run.weights import run_dir_tag
 
 
 def weights_tag(prefix: str = "", *, _root_: Any) -> str:
@@ -104,7 +104,7 @@ def eval_split(trained_on: Any, *, _root_: Any) -> str:
 def tasks_per_node(gpus_per_node: Any) -> int:
     """``${ssl4gie.tasks_per_node:${.gpus_per_node}}``: one process per GPU, and one per node without GPUs.
 
-    Never raises: an unusable ``gpus_per_node`` gives 1 here and is reported by :mod:`ssl4gie.launcher_checks`.
+    Never raises: an unusable ``gpus_per_node`` gives 1 here and is reported by :mod:`ssl4gie.run.launcher_checks`.
     """
     if isinstance(gpus_per_node, int) and not isinstance(gpus_per_node, bool) and gpus_per_node >= 1:
         return gpus_per_node

@@ -18,7 +18,7 @@ set) and reuses it. Results go to a JSON file (``--out``) and a table on stdout:
     python -m ssl4gie.bench --backbone vit_b --device cuda --compile --batch-size 48 --steps 50
 
 The study's eight task × backbone cases on a GPU (peak memory, MFU, loader images/s per worker, CPU cores per GPU)
-are :mod:`ssl4gie.bench_gpu`.
+are :mod:`ssl4gie.bench.gpu`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from ssl4gie import config as config_checks
 from ssl4gie.errors import ConfigError, Ssl4gieError
+from ssl4gie.run import config as config_checks
 
 log = logging.getLogger("ssl4gie.bench")
 
@@ -141,7 +141,7 @@ def compose_real(overrides: list[str], what: str = "these options") -> DictConfi
 
 
 def build_trainer(cfg: DictConfig, output_dir: Path, fingerprint: str) -> tuple:
-    """``(task, reader, trainer)`` built as ``ssl4gie.cli`` builds a run: seeded, cuDNN autotuning as a run
+    """``(task, reader, trainer)`` built as ``ssl4gie.run.pipeline`` builds a run: seeded, cuDNN autotuning as a run
     sets it, the task's model and the real Trainer (GPU-side augmentation told to the task)."""
     from ssl4gie.engine.trainer import Trainer
     from ssl4gie.utils.seed import seed_everything
@@ -388,7 +388,7 @@ def run(args: argparse.Namespace) -> dict:
         data_write_s = None if existed else time.perf_counter() - start
         model = task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
         trainer = Trainer(cfg.trainer, task, model, scratch / "output", cfg.seed, "bench", {})
-        # as ssl4gie.cli does: tasks that can augment on the GPU leave it out of the loader workers there
+        # as ssl4gie.run.pipeline does: tasks that can augment on the GPU leave it out of the loader workers there
         task.augment_on_device = trainer.augment_on_device
         machine = machine_info(trainer.device)
 
