@@ -5,7 +5,7 @@ computed before the optimiser, schedule, validation-cadence and split options ex
 from __future__ import annotations
 
 import pytest
-from conftest import compose_config
+from helpers import compose_config
 
 from ssl4gie.run.config import fingerprint
 from ssl4gie.run.weights import InitialWeights

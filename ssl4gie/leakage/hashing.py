@@ -5,7 +5,7 @@ frequencies against their median) of the image's **central 80 %** (each side tri
 default (``hash_size=16``). Resizing and JPEG recompression barely move the low frequencies; the central region
 leaves out what endoscopy frames carry at their edges (black borders, HyperKvasir's position-map overlay, text)
 and what a light crop removes. Measured on the synthetic Kvasir-SEG and HyperKvasir sets of
-ssl4gie.data.synthetic (tests/test_leakage.py plants such copies): copies rescaled ×0.5-1.5,
+ssl4gie.data.synthetic (tests/leakage/test_leakage.py plants such copies): copies rescaled ×0.5-1.5,
 recompressed at JPEG quality 40-75 and cropped by up to 3 % a side land at most 0.20 of the bits apart; distinct
 images at least 0.26 apart. The default threshold, 0.22 of the bits (56 of 256), lies between. The 64-bit hash
 (``hash_size=8``) is faster to search but separates less (copies ≤ 0.13, distinct ≥ 0.19 there; pass

@@ -128,7 +128,7 @@ class WindowPartition:
     row-major order, tokens row-major inside a window) and put its outputs back in place. On a timm ViT block this
     computes what the study's ``WindowedAttention`` does: the same windows in the same order, qkv with bias, scale
     head_dim^-0.5, and the output projection (per token, so applying it before or after un-permuting is the same);
-    ``tests/models/test_study_checkpoints.py`` checks it against an explicit re-implementation of theirs.
+    ``tests/models/checkpoints/test_study.py`` checks it against an explicit re-implementation of theirs.
 
     Hooks rather than a wrapping module keep the module, its class and its parameter names (``blocks.i.attn.qkv``
     / ``proj``) exactly as timm has them, so pretrained weights and checkpoints load unchanged; calling

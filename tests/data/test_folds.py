@@ -8,9 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import compose_config
+from helpers import compose_config
+from helpers.splits import KINDS, SplitDatasets, videos_of
 from omegaconf import OmegaConf
-from split_datasets import KINDS, SplitDatasets, videos_of
 
 from ssl4gie.data.hyperkvasir import OFFICIAL_SPLIT_FILE
 from ssl4gie.data.splits import SPLITS, VAL_SHARE, assign_folds, kfold_split, split_facts, split_files

@@ -9,9 +9,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import compose_config
+from helpers import compose_config
+from helpers.splits import ANATOMICAL, KINDS, SplitDatasets, videos_of
 from omegaconf import OmegaConf
-from split_datasets import ANATOMICAL, KINDS, SplitDatasets, videos_of
 
 from ssl4gie.data.detection import DetectionDataset
 from ssl4gie.data.splits import SPLITS, identity_dataset, split_facts, split_files, train_subset

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import compose_config
+from helpers import compose_config
 from PIL import Image
 
 from ssl4gie.data.segmentation import PraNetFolders, native_mask

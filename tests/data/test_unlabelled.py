@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from helpers import compose_config
 from PIL import Image
 from torch.utils.data import DataLoader
 

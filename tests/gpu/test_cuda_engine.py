@@ -10,8 +10,8 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import run_cli, task_overrides
-from cuda_support import (
+from helpers import run_cli, task_overrides
+from helpers.cuda import (
     DEVICE,
     GPU_TESTS,
     ON_GPU,

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 import torch
-from cuda_support import (
+from helpers.cuda import (
     CASES,
     DEVICE,
     GPU_TESTS,

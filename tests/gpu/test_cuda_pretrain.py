@@ -8,9 +8,9 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import run_cli
-from cuda_support import DEVICE, GPU_TESTS
-from test_pretrain_runs import PAIRS, pretrain_overrides
+from helpers import run_cli
+from helpers.cuda import DEVICE, GPU_TESTS
+from helpers.pretrain import PAIRS, pretrain_overrides
 
 pytestmark = GPU_TESTS
 

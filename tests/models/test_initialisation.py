@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SMALL_DECODERS, TINY, compose_config
+from helpers import SMALL_DECODERS, TINY, compose_config
 
 from ssl4gie.models.backbone import create_backbone
 from ssl4gie.run.config import instantiate_checked

@@ -9,8 +9,8 @@ import json
 import pytest
 import timm
 import torch
-from checkpoint_layouts import dinov2_hub, random_like
-from conftest import compose_config, task_overrides
+from helpers import compose_config, task_overrides
+from helpers.checkpoints import dinov2_hub, random_like
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from checkpoint_layouts import random_like
+from helpers.checkpoints import random_like
 from omegaconf import OmegaConf
 from torch import nn
 

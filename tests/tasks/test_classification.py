@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
-from conftest import FAST, TINY, compose_config
+from helpers import FAST, TINY, compose_config
 from hydra.utils import instantiate
 from omegaconf import open_dict
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, TINY, compose_config
+from helpers import FAST, TINY, compose_config
 from hydra.utils import instantiate
 from PIL import Image
 

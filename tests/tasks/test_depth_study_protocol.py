@@ -11,15 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from checkpoint_layouts import (
+from helpers import compose_config, task_overrides
+from helpers.checkpoints import (
     random_like,
     study_file,
     study_resnet_depth_forward,
     study_resnet_depth_names,
     tiny_backbone,
 )
-from conftest import compose_config, task_overrides
-from depth_reference import study_reference
+from helpers.depth_reference import study_reference
 from PIL import Image
 
 from ssl4gie.errors import ConfigError

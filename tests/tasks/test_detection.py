@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from checkpoint_layouts import mae_encoder, plain, random_like, tiny_backbone
-from conftest import FAST, TINY, compose_config
+from helpers import FAST, TINY, compose_config
+from helpers.checkpoints import mae_encoder, plain, random_like, tiny_backbone
 from omegaconf import OmegaConf
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
