@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from helpers import compose_config
 
-from ssl4gie.run.config import fingerprint
+from ssl4gie.run.identity import fingerprint
 from ssl4gie.run.weights import InitialWeights
 
 BEFORE = {

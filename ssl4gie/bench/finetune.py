@@ -42,7 +42,8 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from ssl4gie.errors import ConfigError, Ssl4gieError
-from ssl4gie.run import config as config_checks
+from ssl4gie.run.checks import validate
+from ssl4gie.utils.conf import CONF_DIR, group_options, instantiate_checked
 
 log = logging.getLogger("ssl4gie.bench")
 
@@ -80,7 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--task", default="segmentation", choices=sorted(STUDY_PIPELINES))
-    backbones = sorted(config_checks.group_options("backbone")) or None  # None: conf/ not beside the package
+    backbones = sorted(group_options("backbone")) or None  # None: conf/ not beside the package
     p.add_argument("--backbone", default="resnet50", choices=backbones, help="a conf/backbone option")
     p.add_argument(
         "--tiny", action="store_true", help="the shrunken backbone (backbone.tiny=true), for smoke tests"
@@ -134,7 +135,7 @@ def compose_real(overrides: list[str], what: str = "these options") -> DictConfi
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with initialize_config_dir(config_dir=str(config_checks.CONF_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return hydra_compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(f"cannot compose the config (conf/) of {what}: {e}") from e
@@ -148,8 +149,8 @@ def build_trainer(cfg: DictConfig, output_dir: Path, fingerprint: str) -> tuple:
 
     seed_everything(cfg.seed)
     torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
-    task = config_checks.instantiate_checked(cfg.task, _recursive_=False)
-    reader = config_checks.instantiate_checked(cfg.dataset)
+    task = instantiate_checked(cfg.task, _recursive_=False)
+    reader = instantiate_checked(cfg.dataset)
     model = task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
     trainer = Trainer(cfg.trainer, task, model, output_dir, cfg.seed, fingerprint, {})
     task.augment_on_device = trainer.augment_on_device
@@ -370,7 +371,7 @@ def run(args: argparse.Namespace) -> dict:
     from ssl4gie.utils.seed import seed_everything
 
     cfg = compose(args)
-    config_checks.validate(cfg)
+    validate(cfg)
     work = Path(args.work_dir or Path(cfg.paths.cache_dir) / "bench").expanduser()
     _point_at_data(cfg, args, work)
     work.mkdir(parents=True, exist_ok=True)
@@ -379,12 +380,12 @@ def run(args: argparse.Namespace) -> dict:
     try:
         seed_everything(cfg.seed)
         torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
-        task = config_checks.instantiate_checked(cfg.task, _recursive_=False)
+        task = instantiate_checked(cfg.task, _recursive_=False)
         existed = Path(cfg.dataset.root).exists()
         if not existed:
             log.info("first run: writing %d synthetic images once (about 0.2 s of CPU each)", args.n_images)
         start = time.perf_counter()
-        reader = config_checks.instantiate_checked(cfg.dataset)
+        reader = instantiate_checked(cfg.dataset)
         data_write_s = None if existed else time.perf_counter() - start
         model = task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
         trainer = Trainer(cfg.trainer, task, model, scratch / "output", cfg.seed, "bench", {})

@@ -44,7 +44,7 @@ from omegaconf import DictConfig, open_dict
 from ssl4gie.bench import finetune as bench
 from ssl4gie.bench import tools as bench_tools
 from ssl4gie.bench.finetune import BatchFeed, _sync, build_trainer, compose_real, machine_info
-from ssl4gie.run import config as config_checks
+from ssl4gie.run.checks import validate
 
 log = logging.getLogger("ssl4gie.bench")
 
@@ -172,7 +172,7 @@ def compose_case(task: str, backbone: str, args: argparse.Namespace, roots: dict
             cfg.trainer.micro_batch = args.micro_batch
         if args.compile:
             cfg.trainer.compile = True
-    config_checks.validate(cfg)
+    validate(cfg)
     return cfg
 
 

@@ -51,7 +51,8 @@ from ssl4gie.bench import finetune as bench
 from ssl4gie.bench import tools as bench_tools
 from ssl4gie.bench.finetune import BatchFeed, build_trainer, compose_real, machine_info, train_throughput
 from ssl4gie.errors import ConfigError
-from ssl4gie.run import config as config_checks
+from ssl4gie.run.checks import validate
+from ssl4gie.utils.conf import group_options, instantiate_checked
 
 log = logging.getLogger("ssl4gie.bench")
 
@@ -60,9 +61,7 @@ SYNTHETIC_SIZE_RANGE = (576, 1280)  # like the HyperKvasir unlabelled frames (72
 
 def ssl_pairs() -> list[tuple[str, str]]:
     """Every (ssl, backbone) pair with a recipe in ``conf/ssl/`` (its ``backbones`` list), MoCo v3 first."""
-    pairs = [
-        (s, b) for s, opt in config_checks.group_options("ssl").items() for b in opt.get("backbones", [])
-    ]
+    pairs = [(s, b) for s, opt in group_options("ssl").items() for b in opt.get("backbones", [])]
     return sorted(pairs, key=lambda p: (p[0] != "mocov3", p))
 
 
@@ -175,7 +174,7 @@ def compose_pair(ssl: str, backbone: str, args: argparse.Namespace) -> DictConfi
             cfg.dataset.expected_count = None  # not the release: no warning about a partial unzip
         if args.compile:
             cfg.trainer.compile = True
-    config_checks.validate(cfg)
+    validate(cfg)
     return cfg
 
 
@@ -367,7 +366,7 @@ def run(args: argparse.Namespace) -> dict:
     # A fresh decoded cache in a scratch folder each time, so that its build is timed; removed at the end.
     scratch = Path(tempfile.mkdtemp(prefix="pretrain-", dir=work))
     try:
-        reader = config_checks.instantiate_checked(first.dataset)
+        reader = instantiate_checked(first.dataset)
         tick = time.perf_counter()
         pretrain_dataset(reader, None, str(scratch / "decoded"), not args.no_progress)
         cache_build_s = time.perf_counter() - tick

@@ -4,16 +4,17 @@
   Written here because torch has no LARS; ``timm.optim.Lars`` differs in small ways (it adapts only groups with
   weight decay unless ``always_adapt``, and has its own options), and this one is easier to check against the recipe.
 * :func:`param_groups`: which parameters get weight decay / trust-ratio adaptation and which learning-rate scale.
-* :func:`build_optimizer`: ``adamw`` or ``lars`` from an ``optimizer`` config.
-* :func:`warmup_cosine`, :func:`momentum_cosine`, :class:`StepSchedule`: learning rate and momentum as pure
-  functions of the optimiser step (nothing to drift on resume).
+* :func:`adamw`, :func:`lars`: the optimisers of the ``trainer/optimizer`` config group (``_partial_`` targets).
+* :class:`PlateauSchedule`, :class:`WarmupCosineSchedule`: the ``trainer/scheduler`` group; the per-step one, like
+  :func:`warmup_cosine` and :func:`momentum_cosine`, is a pure function of the optimiser step (nothing to drift on
+  resume).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -105,8 +106,8 @@ def param_groups(
     """Optimiser parameter groups of the parameters that require grad (the others are skipped).
 
     * ``exclude_1d=True`` (MoCo v3 LARS, Barlow Twins LARS, MAE AdamW): group ``weights`` (optimiser's weight
-      decay, ``lars_adapt=True``, ``lr_scale=1``) and group ``no_decay`` for 1-D parameters and biases
-      (``weight_decay=0``, ``lars_adapt=False``, ``lr_scale=one_d_lr_scale``; Barlow Twins: 0.0048/0.2).
+      decay, ``lr_scale=1``) and group ``no_decay`` for 1-D parameters and biases (``weight_decay=0``,
+      ``lr_scale=one_d_lr_scale``; Barlow Twins: 0.0048/0.2), which LARS does not adapt.
     * ``exclude_1d=False`` (MoCo v3 ViT AdamW): one group ``all``, weight decay on every parameter.
 
     Every group carries ``name`` (for logging) and ``lr_scale`` (its lr = the schedule's lr × lr_scale); empty
@@ -119,92 +120,46 @@ def param_groups(
         )
     trainable = [(name, p) for name, p in named_params if p.requires_grad]
     if not exclude_1d:
-        groups = [{"name": "all", "params": [p for _, p in trainable], "lr_scale": 1.0, "lars_adapt": True}]
+        groups = [{"name": "all", "params": [p for _, p in trainable], "lr_scale": 1.0}]
     else:
         groups = [
             {
                 "name": "weights",
                 "params": [p for n, p in trainable if not _is_1d(n, p)],
                 "lr_scale": 1.0,
-                "lars_adapt": True,
             },
             {
                 "name": "no_decay",
                 "params": [p for n, p in trainable if _is_1d(n, p)],
                 "lr_scale": float(one_d_lr_scale),
                 "weight_decay": 0.0,
-                "lars_adapt": False,
             },
         ]
     return [g for g in groups if g["params"]]
 
 
-_COMMON_KEYS = {"name", "lr", "weight_decay", "exclude_1d", "one_d_lr_scale"}
-
-
-def _adamw(cfg: Mapping[str, Any], groups: list[dict[str, Any]], fused: bool) -> torch.optim.Optimizer:
-    for g in groups:
-        g.pop("lars_adapt", None)  # a LARS-only option; AdamW would keep it as a stray group key
-    return torch.optim.AdamW(
-        groups,
-        lr=float(cfg["lr"]),
-        betas=tuple(cfg.get("betas", (0.9, 0.999))),
-        eps=float(cfg.get("eps", 1e-8)),
-        weight_decay=float(cfg["weight_decay"]),
-        fused=bool(fused),  # False: torch picks foreach on CUDA, as the trainer did before this module
-    )
-
-
-def _lars(cfg: Mapping[str, Any], groups: list[dict[str, Any]], fused: bool) -> torch.optim.Optimizer:
-    return Lars(
-        groups,
-        lr=float(cfg["lr"]),
-        weight_decay=float(cfg["weight_decay"]),
-        momentum=float(cfg.get("momentum", 0.9)),
-        trust_coefficient=float(cfg.get("trust_coefficient", 0.001)),
-    )
-
-
-# name -> (builder, the options it reads beyond the common ones)
-OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], set[str]]] = {
-    "adamw": (_adamw, {"betas", "eps"}),
-    "lars": (_lars, {"momentum", "trust_coefficient"}),
-}
-
-
-def build_optimizer(
-    cfg: Mapping[str, Any],
-    named_params: Iterable[tuple[str, nn.Parameter]],
-    fused: bool = False,
-    option: str = "optimizer",
-) -> torch.optim.Optimizer:
-    """The optimiser ``cfg.name`` over :func:`param_groups` of ``named_params``, each group at ``cfg.lr × lr_scale``.
-
-    ``cfg`` (a dict or DictConfig; ``option`` is its config path, for error messages): ``name`` (adamw | lars),
-    ``lr``, ``weight_decay``, optional ``exclude_1d`` (default false), ``one_d_lr_scale`` (1.0); adamw: ``betas``
-    (torch's 0.9, 0.999), ``eps``; lars: ``momentum`` (0.9), ``trust_coefficient`` (0.001). ``fused`` selects
-    torch's fused AdamW kernel and is ignored by LARS.
-    """
-    name = cfg.get("name")
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"{option}.name={name!r} is not valid; valid: {', '.join(sorted(OPTIMIZERS))}")
-    builder, extra = OPTIMIZERS[name]
-    missing = sorted(k for k in ("lr", "weight_decay") if cfg.get(k) is None)
-    if missing:
-        raise ConfigError(f"{option} ({name}) needs {', '.join(f'{option}.{k}' for k in missing)}")
-    unknown = sorted(set(cfg) - _COMMON_KEYS - extra)
-    if unknown:
-        raise ConfigError(
-            f"{option} ({name}) does not take {', '.join(unknown)}; valid: {', '.join(sorted(_COMMON_KEYS | extra))}"
-        )
-    groups = param_groups(
-        named_params, bool(cfg.get("exclude_1d", False)), float(cfg.get("one_d_lr_scale", 1.0))
-    )
+def _groups(
+    named_params: Iterable[tuple[str, nn.Parameter]], lr: float, exclude_1d: bool, one_d_lr_scale: float
+) -> list[dict[str, Any]]:
+    groups = param_groups(named_params, exclude_1d, one_d_lr_scale)
     if not groups:
-        raise ConfigError(f"{option}: the model has no trainable parameters (is everything frozen?)")
+        raise ConfigError("trainer.optimizer: the model has no trainable parameters (is everything frozen?)")
     for g in groups:
-        g["lr"] = float(cfg["lr"]) * g["lr_scale"]
-    optimizer = builder(cfg, groups, fused)
+        g["lr"] = lr * g["lr_scale"]
+    return groups
+
+
+def _check_name(name: str, builds: str, kind: str) -> None:
+    """A group's ``name`` is what it builds: ``trainer.<kind>.name=lars`` on the adamw group is a typo for the
+    group choice, refused instead of silently building AdamW."""
+    if name != builds:
+        raise ConfigError(
+            f"trainer.{kind}.name={name} does not match the {kind} that trainer/{kind}={builds} builds; choose "
+            f"another {kind} with trainer/{kind}={name}"
+        )
+
+
+def _log_groups(optimizer: torch.optim.Optimizer, name: str) -> None:
     log.info(
         "optimizer %s: %s",
         name,
@@ -213,6 +168,58 @@ def build_optimizer(
             for g in optimizer.param_groups
         ),
     )
+
+
+def adamw(
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: Sequence[float],
+    exclude_1d: bool,
+    one_d_lr_scale: float,
+    name: str = "adamw",
+    fused: bool = False,
+) -> torch.optim.AdamW:
+    """torch's AdamW over :func:`param_groups` of ``named_params``, each group at ``lr × lr_scale``
+    (``trainer/optimizer=adamw``, a ``_partial_`` target: the trainer adds the parameters, ``lr``,
+    ``weight_decay`` and ``fused``, torch's fused kernel)."""
+    _check_name(name, "adamw", "optimizer")
+    groups = _groups(named_params, float(lr), bool(exclude_1d), float(one_d_lr_scale))
+    optimizer = torch.optim.AdamW(
+        groups, lr=float(lr), betas=tuple(betas), weight_decay=float(weight_decay), fused=bool(fused)
+    )
+    _log_groups(optimizer, name)
+    return optimizer
+
+
+def lars(
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    trust_coefficient: float,
+    exclude_1d: bool,
+    one_d_lr_scale: float,
+    name: str = "lars",
+    fused: bool = False,
+) -> Lars:
+    """:class:`Lars` over :func:`param_groups` of ``named_params`` (``trainer/optimizer=lars``): the exempt group
+    (1-D parameters and biases, ``exclude_1d``) is plain SGD with momentum. There is no fused kernel: ``fused`` is
+    accepted and ignored, so that the trainer calls every optimiser alike."""
+    _check_name(name, "lars", "optimizer")
+    groups = _groups(named_params, float(lr), bool(exclude_1d), float(one_d_lr_scale))
+    for g in groups:
+        g["lars_adapt"] = g["name"] != "no_decay"
+    optimizer = Lars(
+        groups,
+        lr=float(lr),
+        weight_decay=float(weight_decay),
+        momentum=float(momentum),
+        trust_coefficient=float(trust_coefficient),
+    )
+    _log_groups(optimizer, name)
     return optimizer
 
 
@@ -239,82 +246,126 @@ def momentum_cosine(step: float, total_steps: float, m0: float) -> float:
     return 1.0 - 0.5 * (1.0 + math.cos(math.pi * t)) * (1.0 - m0)
 
 
-def _warmup_cosine_schedule(
-    cfg: Mapping[str, Any], total_steps: int, steps_per_epoch: int, peak: float, option: str
-):
-    warmup_epochs = float(cfg.get("warmup_epochs", 0))
-    ratio = float(cfg.get("final_lr_ratio", 0.0))
-    warmup_steps = warmup_epochs * steps_per_epoch
-    if not 0 <= warmup_steps <= total_steps:
-        raise ConfigError(
-            f"{option}.warmup_epochs={warmup_epochs} must lie between 0 and the number of epochs "
-            f"({total_steps / steps_per_epoch:g})"
-        )
-    if not 0 <= ratio <= 1:
-        raise ConfigError(f"{option}.final_lr_ratio={ratio} must lie in [0, 1] (Barlow Twins: 0.001)")
-    return lambda step: warmup_cosine(step, total_steps, warmup_steps, peak, ratio * peak)
-
-
-# name -> (factory(cfg, total_steps, steps_per_epoch, peak, option) -> step -> lr, its options beyond ``name``)
-SCHEDULES: dict[str, tuple[Callable[..., Callable[[float], float]], set[str]]] = {
-    "warmup_cosine": (_warmup_cosine_schedule, {"warmup_epochs", "final_lr_ratio"}),
-}
-
-
-class StepSchedule:
-    """Sets every group's lr to ``schedule(step) × group['lr_scale']`` before each optimiser step.
-
-    ``cfg``: ``name`` (warmup_cosine) and its options (``warmup_epochs``, possibly fractional; ``final_lr_ratio``,
-    the end lr as a fraction of the peak). The peak is ``peak_lr`` or, by default, the optimiser's base ``lr``
-    (``cfg.lr`` of :func:`build_optimizer`). The state is only the last step applied; the lr is recomputed from the
-    step, so a resumed run continues the same curve.
-    """
+class PlateauSchedule:
+    """ReduceLROnPlateau on the task's validation metric, stepped after each validation (``trainer/scheduler=
+    plateau``: the study's finetuning). A ``_partial_`` target: the trainer adds the optimiser and what the task and
+    the run say (``monitor``, ``monitor_mode``, ``epochs``, ``peak_lr``)."""
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        cfg: Mapping[str, Any],
-        steps_per_epoch: int,
+        *,
+        monitor: str | None,
+        monitor_mode: str,
         epochs: int,
-        peak_lr: float | None = None,
-        option: str = "scheduler",
+        peak_lr: float,
+        factor: float,
+        patience: int,
+        threshold: float,
+        min_lr: float,
+        eps: float,
+        name: str = "plateau",
     ) -> None:
-        name = cfg.get("name")
-        if name not in SCHEDULES:
-            raise ConfigError(f"{option}.name={name!r} is not valid; valid: {', '.join(sorted(SCHEDULES))}")
-        factory, keys = SCHEDULES[name]
-        unknown = sorted(set(cfg) - keys - {"name"})
-        if unknown:
+        _check_name(name, "plateau", "scheduler")
+        if monitor is None:
             raise ConfigError(
-                f"{option} ({name}) does not take {', '.join(unknown)}; valid: {', '.join(sorted(keys))}"
+                "trainer/scheduler=plateau needs a validation metric, which this task has not (task.monitor is "
+                "null); use trainer/scheduler=warmup_cosine"
             )
-        if steps_per_epoch < 1 or epochs < 1:
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode=monitor_mode,
+            factor=factor,
+            patience=patience,
+            threshold=threshold,
+            min_lr=min_lr,
+            eps=eps,
+        )
+
+    def start(self, steps_per_epoch: int) -> None:
+        """Called once the number of optimiser steps per epoch is known; nothing to do per epoch."""
+
+    def step_lr(self, step: int) -> float | None:
+        """The learning rate set for optimiser step ``step``: None, it only changes after a validation."""
+        return None
+
+    def validated(self, value: float) -> None:
+        self.scheduler.step(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.scheduler.load_state_dict(state)
+
+
+class WarmupCosineSchedule:
+    """Per optimiser step, every group's lr = :func:`warmup_cosine` × the group's ``lr_scale`` (``trainer/scheduler=
+    warmup_cosine``: the pretraining recipes): linear warmup from 0 over ``warmup_epochs`` (possibly fractional),
+    then half a cosine from ``peak_lr`` down to ``final_lr_ratio × peak_lr``. The lr is recomputed from the step,
+    so a resumed run continues the same curve; the state is only the last step applied."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        monitor: str | None,
+        monitor_mode: str,
+        epochs: int,
+        peak_lr: float,
+        warmup_epochs: float,
+        final_lr_ratio: float,
+        name: str = "warmup_cosine",
+    ) -> None:
+        _check_name(name, "warmup_cosine", "scheduler")
+        if not 0 <= float(final_lr_ratio) <= 1:
             raise ConfigError(
-                f"{option}: need at least one epoch of at least one step, got {epochs} × {steps_per_epoch}"
+                f"trainer.scheduler.final_lr_ratio={final_lr_ratio} must lie in [0, 1] (Barlow Twins: 0.001)"
             )
-        self.optimizer = optimizer
-        self.total_steps = steps_per_epoch * epochs
-        self.peak = float(optimizer.defaults["lr"] if peak_lr is None else peak_lr)
-        self._lr = factory(cfg, self.total_steps, steps_per_epoch, self.peak, option)
+        if int(epochs) < 1:
+            raise ConfigError(f"trainer.epochs={epochs}: the schedule needs at least one epoch")
+        self.optimizer, self.epochs, self.peak = optimizer, int(epochs), float(peak_lr)
+        self.warmup_epochs, self.final = float(warmup_epochs), float(final_lr_ratio) * float(peak_lr)
+        self.total_steps, self.warmup_steps = 0, 0.0
         self.last_step: int | None = None
+
+    def start(self, steps_per_epoch: int) -> None:
+        """Fix the curve's length once the number of optimiser steps per epoch is known."""
+        if steps_per_epoch < 1:
+            raise ConfigError(
+                f"trainer.scheduler: an epoch needs at least one optimiser step, got {steps_per_epoch}"
+            )
+        self.total_steps = steps_per_epoch * self.epochs
+        self.warmup_steps = self.warmup_epochs * steps_per_epoch
+        if not 0 <= self.warmup_steps <= self.total_steps:
+            raise ConfigError(
+                f"trainer.scheduler.warmup_epochs={self.warmup_epochs:g} must lie between 0 and the number of "
+                f"epochs ({self.epochs})"
+            )
 
     def lr(self, step: int) -> float:
         """The schedule's lr at ``step`` (before group scales)."""
-        return self._lr(step)
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.peak, self.final)
 
-    def apply(self, step: int) -> float:
+    def step_lr(self, step: int) -> float:
         """Set every group's lr for optimiser step ``step`` (0-based); returns the unscaled lr."""
-        lr = self._lr(step)
+        lr = self.lr(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         self.last_step = step
         return lr
 
+    def validated(self, value: float) -> None:
+        """Nothing: the curve depends on the step only."""
+
     def state_dict(self) -> dict[str, Any]:
         return {"last_step": self.last_step, "total_steps": self.total_steps}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the last step (and re-apply its lr); warns if the run length changed since the checkpoint."""
+        """Restore the last step (and re-apply its lr); warns if the run length changed since the checkpoint. An
+        empty state (a checkpoint of an earlier version) restores nothing: the next step sets its lr anyway."""
+        if not state:
+            return
         if state.get("total_steps") != self.total_steps:
             log.warning(
                 "schedule resumed with %s total steps instead of the checkpoint's %s: the lr curve changes",
@@ -323,4 +374,4 @@ class StepSchedule:
             )
         self.last_step = state.get("last_step")
         if self.last_step is not None:
-            self.apply(self.last_step)
+            self.step_lr(self.last_step)

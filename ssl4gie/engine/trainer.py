@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ssl4gie.data.collate import collate
 from ssl4gie.data.sampler import EpochSampler
-from ssl4gie.engine import distributed, optim
+from ssl4gie.engine import distributed
 from ssl4gie.engine.checkpoint import read_run_checkpoint
 from ssl4gie.engine.device import (
     resolve_accumulation,
@@ -62,11 +63,6 @@ def to_device(value: Any, device: torch.device) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(to_device(v, device) for v in value)
     return value
-
-
-def _plain(node: Any) -> dict:
-    """A config node as a plain dict (resolved)."""
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
@@ -109,14 +105,14 @@ class Trainer:
             device = torch.device("cuda", self.dist.local_rank)
         self.device = device
         self.dtype = resolve_precision(cfg.precision, self.device)
-        self.eval_dtype = resolve_eval_precision(cfg.get("eval_precision", "fp32"), self.dtype)
+        self.eval_dtype = resolve_eval_precision(cfg.eval_precision, self.dtype)
         self.num_workers = resolve_workers(cfg.num_workers)
         self.accum_steps, self.micro_batch = resolve_accumulation(
-            int(cfg.batch_size), cfg.accum_steps, cfg.get("micro_batch", cfg.batch_size), self.dist.world_size
+            int(cfg.batch_size), cfg.accum_steps, cfg.micro_batch, self.dist.world_size
         )
-        if not getattr(task, "exact_accumulation", True):
+        if not task.exact_accumulation:
             self._check_no_accumulation(cfg)
-        self.eval_batch = int(cfg.get("eval_batch_size") or self.micro_batch)
+        self.eval_batch = int(cfg.eval_batch_size or self.micro_batch)
         sync_bn = self.dist.enabled and self.device.type == "cuda" and _has_batchnorm(model)
         if self.accum_steps > 1 or self.dist.world_size > 1:
             log.info(
@@ -139,8 +135,8 @@ class Trainer:
                 "" if sync_bn or not self.dist.enabled else " (SyncBatchNorm needs GPUs)",
             )
 
-        self.channels_last = resolve_switch(cfg.get("channels_last", "auto"), "channels_last", self.device)
-        self.augment_on_device = resolve_switch(cfg.get("gpu_augment", "auto"), "gpu_augment", self.device)
+        self.channels_last = resolve_switch(cfg.channels_last, "channels_last", self.device)
+        self.augment_on_device = resolve_switch(cfg.gpu_augment, "gpu_augment", self.device)
         if sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the study's SyncBN (needs GPUs)
         model = model.to(self.device)
@@ -152,42 +148,25 @@ class Trainer:
             self.train_model = DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        if cfg.get("compile", False):
-            self.train_model = torch.compile(self.train_model, backend=cfg.get("compile_backend", "inductor"))
-        # a model with a momentum branch names what the optimiser may touch (never the EMA copy)
-        trainable = getattr(model, "trainable_named_parameters", None)
-        named = trainable() if trainable else [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        fused = resolve_switch(cfg.get("fused_optimizer", "auto"), "fused_optimizer", self.device)
-        opt_cfg = {**_plain(cfg.get("optimizer", {})), "lr": cfg.lr, "weight_decay": cfg.weight_decay}
-        if opt_cfg.get("name") in optim.OPTIMIZERS:  # trainer/default.yaml lists every optimiser's options
-            others = set().union(*(keys for _, keys in optim.OPTIMIZERS.values()))
-            others -= optim.OPTIMIZERS[opt_cfg["name"]][1]
-            opt_cfg = {k: v for k, v in opt_cfg.items() if k not in others}
-        self.optimizer = optim.build_optimizer(opt_cfg, named, fused=fused, option="trainer.optimizer")
-        sched = cfg.scheduler
-        self.schedule_name = sched.get("name", "plateau")
-        self.scheduler = None  # ReduceLROnPlateau (per epoch, on the validation metric)
-        self.step_schedule: optim.StepSchedule | None = None  # per optimiser step (set up in fit)
-        if self.schedule_name == "plateau":
-            if task.monitor is None:
-                raise ConfigError(
-                    f"trainer.scheduler.name=plateau needs a validation metric, which task={task.name} has not; "
-                    "use trainer.scheduler.name=warmup_cosine"
-                )
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer,
-                mode=task.monitor_mode,
-                factor=sched.factor,
-                patience=sched.patience,
-                threshold=sched.threshold,
-                min_lr=sched.min_lr,
-                eps=sched.get("eps", 1e-8),
-            )
-        elif self.schedule_name != "warmup_cosine":
-            raise ConfigError(
-                f"trainer.scheduler.name={self.schedule_name} is not valid; valid: plateau, warmup_cosine"
-            )
-        self.val_every = int(cfg.get("val_every", 1))
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model, backend=cfg.compile_backend)
+        # Optimiser and schedule: the trainer/optimizer and trainer/scheduler config groups (``_partial_``
+        # targets), completed with what the trainer and the task know
+        fused = resolve_switch(cfg.fused_optimizer, "fused_optimizer", self.device)
+        self.optimizer = instantiate(cfg.optimizer)(
+            task.trainable_parameters(model),
+            lr=float(cfg.lr),
+            weight_decay=float(cfg.weight_decay),
+            fused=fused,
+        )
+        self.schedule = instantiate(cfg.scheduler)(
+            self.optimizer,
+            monitor=task.monitor,
+            monitor_mode=task.monitor_mode,
+            epochs=int(cfg.epochs),
+            peak_lr=float(cfg.lr),
+        )
+        self.val_every = int(cfg.val_every)
         if self.val_every < 1:
             raise ConfigError(f"trainer.val_every={self.val_every} must be at least 1")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
@@ -210,7 +189,7 @@ class Trainer:
                 " (one forward pass per optimiser step)"
             )
         self.accum_steps, self.micro_batch = 1, per_rank
-        ceiling = int(cfg.get("micro_batch", per_rank))
+        ceiling = int(cfg.micro_batch)
         if per_rank > ceiling:
             raise ConfigError(
                 f"trainer.batch_size={cfg.batch_size} over {self.dist.world_size} process(es) is {per_rank} images "
@@ -245,7 +224,7 @@ class Trainer:
             worker_init_fn=seed_worker,
             generator=self.generator,
             pin_memory=self.device.type == "cuda",
-            prefetch_factor=self.cfg.get("prefetch_factor", 4) if workers else None,
+            prefetch_factor=self.cfg.prefetch_factor if workers else None,
             persistent_workers=False,
         )
 
@@ -283,7 +262,7 @@ class Trainer:
         return {
             **self.weights_state(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "scheduler": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
@@ -334,8 +313,7 @@ class Trainer:
             )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.schedule.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.best, self.best_epoch = ckpt["epoch"], ckpt["best"], ckpt["best_epoch"]
         self.step_in_epoch = ckpt.get("step_in_epoch", 0)
@@ -397,7 +375,7 @@ class Trainer:
         resumed = self.resume()
         train_loader = self.loader(train_set, train=True)
         # A loss that couples a batch's images needs whole batches (the last incomplete one is dropped)
-        whole = not getattr(self.task, "exact_accumulation", True)
+        whole = not self.task.exact_accumulation
         if len(train_loader) < self.accum_steps or (
             whole and len(train_set) < self.micro_batch * self.dist.world_size
         ):
@@ -407,20 +385,8 @@ class Trainer:
                 "trainer.batch_size or add data"
             )
         self.steps_per_epoch = len(train_loader) // self.accum_steps
-        if self.schedule_name == "warmup_cosine":
-            sched = self.cfg.scheduler
-            self.step_schedule = optim.StepSchedule(
-                self.optimizer,
-                {
-                    k: sched.get(k, d)
-                    for k, d in (("name", None), ("warmup_epochs", 0), ("final_lr_ratio", 0.0))
-                },
-                steps_per_epoch=self.steps_per_epoch,
-                epochs=int(self.cfg.epochs),
-                peak_lr=float(self.cfg.lr),
-                option="trainer.scheduler",
-            )
-        if not resumed and self.cfg.get("val_at_start", False):
+        self.schedule.start(self.steps_per_epoch)
+        if not resumed and self.cfg.val_at_start:
             self._validate_at_start(val_set)
         self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         try:
@@ -467,8 +433,7 @@ class Trainer:
             if self.dist.is_main:
                 value = val_metrics[self.task.monitor]
             value = distributed.broadcast_float(value, self.dist, self.device)
-            if self.scheduler is not None:
-                self.scheduler.step(value)
+            self.schedule.validated(value)
             improved = self.best is None or (
                 value > self.best if self.task.monitor_mode == "max" else value < self.best
             )
@@ -507,8 +472,8 @@ class Trainer:
     def _begin_step(self) -> dict[str, float]:
         """Before an optimiser step's first micro-batch: the per-step learning rate and the task's own state."""
         values = {}
-        if self.step_schedule is not None:
-            values["lr"] = self.step_schedule.apply(self.global_step)
+        if (lr := self.schedule.step_lr(self.global_step)) is not None:
+            values["lr"] = lr
         total = int(self.cfg.epochs) * self.steps_per_epoch
         values.update(self.task.on_step(self.global_step, total))
         return values

@@ -15,10 +15,9 @@ from pathlib import Path
 
 from ssl4gie.data.readers import IMAGE_SUFFIXES, is_hidden
 from ssl4gie.errors import ConfigError, DatasetError
+from ssl4gie.utils.conf import CONF_DIR, compose, instantiate_checked
 
 log = logging.getLogger(__name__)
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 @dataclass(frozen=True)
@@ -64,17 +63,8 @@ def folder_source(folder: Path) -> Source:
 def dataset_source(name: str, overrides: Sequence[str] = ()) -> Source:
     """The images of dataset config ``name`` with their splits (``dataset.split`` and other ``overrides``, e.g.
     ``paths.data_dir=/data``, as on the ``run.py`` command line)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from hydra.utils import instantiate
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[f"dataset={name}", *overrides])
-        reader = instantiate(cfg.dataset)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"cannot compose dataset={name} with {list(overrides)}: {e}") from e
+    cfg = compose([f"dataset={name}", *overrides], what=f"dataset={name} with {list(overrides)}")
+    reader = instantiate_checked(cfg.dataset)
     files = [Path(item.image) for item in reader.items]
     splits = [""] * len(files)
     for split, indices in reader.splits().items():

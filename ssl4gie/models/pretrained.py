@@ -45,7 +45,7 @@ def resolve_backbone(backbone: DictConfig, pretraining: DictConfig, weights_dir:
         return backbone
     declared = (pretraining.get("registers") or {}).get(backbone.name, 0)
     count, source = int(declared), f"pretraining={pretraining.name}'s registers.{backbone.name}"
-    if pretraining.get("load", True) and pretraining.name != "random":
+    if pretraining.get("load", True) and pretraining.pretrained:
         path = weights_file(pretraining, backbone, weights_dir)
         if path is not None:
             count, source = _file_registers(path), str(path)
@@ -104,7 +104,7 @@ def load_pretrained(
             pretraining.name,
         )
         return None
-    if pretraining.name == "random":
+    if not pretraining.pretrained:
         log.info(
             "backbone %s: random initialisation (%s)", backbone.name, backbone.get("random_init", "timm")
         )

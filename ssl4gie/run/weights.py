@@ -93,7 +93,7 @@ def weights_file(pretraining: DictConfig, backbone: DictConfig, weights_dir: str
     Raises :class:`ConfigError` naming the option when ``pretraining.checkpoint`` is not a file, or when the row
     needs a file that is not in ``weights_dir`` and has no hub tag.
     """
-    if pretraining.get("name") == "random":
+    if not pretraining.pretrained:
         return None
     if pretraining.get("checkpoint"):
         path = Path(str(pretraining.checkpoint)).expanduser()
@@ -154,9 +154,7 @@ def initial_weights(
             raise
         return InitialWeights()
     if path is None:
-        hub = (
-            None if pretraining.get("name") == "random" else (pretraining.get("hub") or {}).get(backbone.name)
-        )
+        hub = (pretraining.get("hub") or {}).get(backbone.name) if pretraining.pretrained else None
         return InitialWeights(hub=hub)
     try:
         return InitialWeights(file=path, sha256=file_sha256(path))

@@ -165,6 +165,10 @@ class MaskedAutoencoder(nn.Module):
         return kept, torch.gather(mask, 1, ids_restore), ids_restore
 
     # ------------------------------------------------------------------ forward
+    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of encoder and decoder that require grad (same contract as MoCoV3's)."""
+        return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+
     def forward_encoder(
         self, imgs: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:

@@ -32,17 +32,37 @@ class Evaluator(ABC):
 
 
 class Task(ABC):
-    """A finetuning or pretraining task: what the engine needs to train, evaluate and draw."""
+    """A finetuning or pretraining task: what the run layer and the engine need to train, evaluate, draw and
+    finish. Every attribute they read is declared here, with its default."""
 
     name: str
     # The validation metric that selects best.pt and drives ReduceLROnPlateau, e.g. "val/dice"; None: no model
     # selection (pretraining keeps its last epoch, as the reference codebases do)
     monitor: str | None
     monitor_mode: str  # "max" or "min"
+    # Network input side (square), where the task has one (detection sizes its inputs itself: None)
+    input_size: int | None = None
+    # Whether the task has a test split: a finetuning run ends by evaluating its best checkpoint on it; pretraining
+    # ends with its export instead (:meth:`finish`)
+    tests: bool = True
+    # The formulas of the task's metrics: "ssl4gie" or the study's ("study"), where the task has both
+    protocol: str = "ssl4gie"
+    # Classification's macro average: the classes its means run over (results --ci recomputes them); None elsewhere
+    macro_over: str | None = None
     # Whether splitting a batch into accumulated micro-batches computes the same gradient (no coupling between a
     # batch's images but BatchNorm's). False: the engine refuses accumulation and gives accumulation_note.
     exact_accumulation: bool = True
     accumulation_note: str = ""
+    # Whether the task can augment a training batch on the device (:meth:`augment_batch`), and whether it should
+    # (set by the run from trainer.gpu_augment): the loader workers then leave the augmentation to the device
+    augments_on_device: bool = False
+    augment_on_device: bool = False
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        """Checks of the whole run config that only this task needs, done first, before anything is built (e.g. the
+        modes it runs in); raise :class:`~ssl4gie.errors.ConfigError` naming the option. Nothing by default."""
+        return None
 
     @abstractmethod
     def build_model(
@@ -118,4 +138,18 @@ class Task(ABC):
 
     def extra_state(self) -> dict:
         """Anything besides the weights that eval/predict need from a checkpoint (e.g. class names)."""
+        return {}
+
+    def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """The ``(name, parameter)`` pairs the optimiser updates: every parameter that requires a gradient."""
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def facts(self) -> dict[str, Any]:
+        """What ``metrics.json`` records about the task beside its metrics (the results tables read them)."""
+        return {"protocol": self.protocol, "macro_over": self.macro_over}
+
+    def finish(self, model: nn.Module, output_dir: Path, device: torch.device) -> dict[str, Any]:
+        """After training (rank 0): write what the task produces besides the checkpoints (e.g. pretraining's
+        exported backbone) and return facts for ``metrics.json``; ``"figures"`` lists figure files. Nothing by
+        default."""
         return {}

@@ -44,7 +44,7 @@ PREDICTIONS_FILE = "predicted_bboxes.json"
 GT_COLOUR, PRED_COLOUR = "yellow", "lime"  # the study's figure colours (SPEC 7)
 
 
-def resolve_frozen_bn(option: str | bool, pretraining: str) -> bool:
+def resolve_frozen_bn(option: str | bool, pretrained: bool) -> bool:
     """``task.frozen_bn`` -> whether the ResNet's BatchNorms are frozen (``frozen=true`` freezes them anyway).
 
     ``auto`` follows torchvision (FrozenBatchNorm only for pretrained backbones): the statistics of a pretrained
@@ -52,7 +52,7 @@ def resolve_frozen_bn(option: str | bool, pretraining: str) -> bool:
     """
     if option not in FROZEN_BN:
         raise ConfigError(f"task.frozen_bn={option!r} is not valid; valid: auto, true, false")
-    return pretraining != "random" if option == "auto" else bool(option)
+    return pretrained if option == "auto" else bool(option)
 
 
 class DetectionTask(Task):
@@ -99,7 +99,7 @@ class DetectionTask(Task):
                 f"task.input_size={input_size}: detection has no fixed input size; set task.min_size/max_size "
                 f"(ResNet) or task.canvas_size (ViT) instead"
             )
-        resolve_frozen_bn(frozen_bn, "random")  # reject an invalid value before any data is read
+        resolve_frozen_bn(frozen_bn, pretrained=False)  # reject an invalid value before any data is read
         for key, value, valid in (
             ("pyramid_norm", pyramid_norm, PYRAMID_NORMS),
             ("pos_embed", pos_embed, POS_EMBEDS),
@@ -161,8 +161,8 @@ class DetectionTask(Task):
         return builders[backbone.family](encoder, pretraining, frozen)
 
     def _resnet(self, encoder: nn.Module, pretraining: DictConfig, frozen: bool) -> nn.Module:
-        frozen_bn = resolve_frozen_bn(self.frozen_bn, pretraining.name)
-        if frozen_bn and pretraining.name == "random":
+        frozen_bn = resolve_frozen_bn(self.frozen_bn, pretraining.pretrained)
+        if frozen_bn and not pretraining.pretrained:
             log.warning(
                 "task.frozen_bn=true with pretraining=random: FrozenBatchNorm keeps the random-init statistics "
                 "(mean 0, variance 1, weight 1, bias 0), so the detector trains without normalisation, as the "

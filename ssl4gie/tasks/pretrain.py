@@ -30,11 +30,10 @@ from ssl4gie.data.ssl_transforms import byol_views, mae_view, probe_view
 from ssl4gie.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ssl4gie.data.unlabelled import pretrain_dataset
 from ssl4gie.engine.optim import momentum_cosine
-from ssl4gie.errors import DatasetError
+from ssl4gie.errors import ConfigError, DatasetError
 from ssl4gie.models.backbone import create_backbone
 from ssl4gie.models.checkpoints import load_backbone_weights
 from ssl4gie.models.pretrained import load_pretrained
-from ssl4gie.run.config import group_options
 from ssl4gie.ssl import export
 from ssl4gie.ssl.barlowtwins import BarlowTwins
 from ssl4gie.ssl.figures import draw_mae_reconstructions
@@ -43,6 +42,7 @@ from ssl4gie.ssl.mocov3 import MoCoV3
 from ssl4gie.ssl.monitor import knn_top1, l2_normalized_std, rankme
 from ssl4gie.ssl.vit_init import fix_sincos_pos_embed, freeze_patch_embed, mocov3_init
 from ssl4gie.tasks.base import Evaluator, Task
+from ssl4gie.utils.conf import group_options
 from ssl4gie.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -203,9 +203,32 @@ class PretrainEvaluator(Evaluator):
 
 # ------------------------------------------------------------------------------------------------------ task
 class PretrainTask(Task):
-    """``task=pretrain``: one ``ssl`` method's recipe for one backbone (validated by :mod:`ssl4gie.run.config`)."""
+    """``task=pretrain``: one ``ssl`` method's recipe for one backbone. It has no test split: a run ends with the
+    exported backbone (:meth:`finish`)."""
 
     name = "pretrain"
+    tests = False
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        """A method × backbone pair with a published recipe, trained (not evaluated), from scratch or from a row."""
+        if cfg.backbone.name not in cfg.ssl.backbones:
+            pairs = "; ".join(
+                f"ssl={name} with backbone={'|'.join(o.get('backbones', []))}"
+                for name, o in group_options("ssl").items()
+            )
+            raise ConfigError(
+                f"ssl={cfg.ssl.name} has no recipe for backbone={cfg.backbone.name}; valid pairs: {pairs}"
+            )
+        if cfg.mode != "train":
+            raise ConfigError(
+                f"task=pretrain runs in mode=train only (mode={cfg.mode}): its output is the exported backbone, "
+                "which a finetuning task evaluates (pretraining=hyperkvasir_<method> paths.weights_dir=<run>/export)"
+            )
+        if cfg.frozen:
+            raise ConfigError(
+                "frozen=true freezes the backbone, which task=pretrain trains: drop frozen=true"
+            )
 
     def __init__(
         self,
@@ -232,6 +255,7 @@ class PretrainTask(Task):
         self.accumulation_note = self.method.coupling
         self.momentum = float(self.recipe.get("momentum", 0.0))
         self.num_classes: int | None = None
+        self.n_frames = 0  # frames of the training set (build_datasets)
         self.monitor_frames: Dataset | None = None  # fixed frames, evaluation transform
 
     # ------------------------------------------------------------------------------------------------ model
@@ -244,7 +268,7 @@ class PretrainTask(Task):
         extra = {"zero_init_last": True} if self.family == "resnet" else {}
         encoder = create_backbone(backbone, self.input_size, **extra)
         tiny = self.tiny_heads if backbone.get("tiny", False) else None
-        from_scratch = pretraining.name == "random" or not pretraining.get("load", True)
+        from_scratch = not pretraining.pretrained or not pretraining.get("load", True)
         if not from_scratch:  # continued pretraining from a row's weights (e.g. ImageNet → HyperKvasir)
             load_pretrained(encoder, pretraining, backbone, weights_dir, self.input_size)
         elif self.family == "vit" and self.recipe.get("vit_init") == "mocov3":
@@ -264,6 +288,13 @@ class PretrainTask(Task):
             "from scratch" if from_scratch else f"from pretraining={pretraining.name}",
         )
         return model
+
+    def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """What the optimiser updates: never the momentum copy (MoCo v3), which follows the encoder by EMA."""
+        return model.trainable_named_parameters()
+
+    def facts(self) -> dict[str, Any]:
+        return {**super().facts(), "ssl": self.method_name}
 
     def features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """The backbone feature the probe and the monitors read: ResNet global pool, MoCo v3 ViT's CLS token after
@@ -290,6 +321,7 @@ class PretrainTask(Task):
         data: dict[str, Dataset] = {}
         if "train" in splits:
             data["train"] = pretrain_dataset(reader, self._views(), cache_dir, progress)
+            self.n_frames = len(data["train"])
         if "val" in splits:
             frames = pretrain_dataset(reader, probe_view(self.input_size), cache_dir, progress)
             count = min(int(self.probe.monitor_frames), len(frames))
@@ -301,7 +333,7 @@ class PretrainTask(Task):
         return data
 
     def _probe_sets(self, cache_dir, progress) -> list[Dataset]:
-        from ssl4gie.run.config import instantiate_checked
+        from ssl4gie.utils.conf import instantiate_checked
 
         try:
             reader = instantiate_checked(self.probe.data)
@@ -410,9 +442,13 @@ class PretrainTask(Task):
         if mismatched:
             raise RuntimeError(f"the export {path} does not reproduce the encoder: {mismatched[:5]}")
         log.info(
-            "exported the backbone to %s (%d tensors, read back as %s)", path, receipt.loaded, receipt.format
+            "exported the backbone to %s (%d tensors, read back as %s); finetune from it with paths.weights_dir=%s",
+            path,
+            receipt.loaded,
+            receipt.format,
+            path.parent,
         )
-        facts = {"export": str(path), "export_tensors": len(fresh.state_dict())}
+        facts = {"export": str(path), "export_tensors": len(fresh.state_dict()), "n_frames": self.n_frames}
         if self.export_dir:
             target = Path(self.export_dir).expanduser() / path.name
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -159,7 +159,7 @@ def test_step_flops_count_forward_and_backward(tmp_path, tmp_paths):
     from torch.utils.flop_counter import FlopCounterMode
 
     from ssl4gie.engine.trainer import Trainer
-    from ssl4gie.run.config import instantiate_checked
+    from ssl4gie.utils.conf import instantiate_checked
 
     cfg = compose_config(task_overrides("classification", tmp_paths))
     task = instantiate_checked(cfg.task, _recursive_=False)

@@ -13,7 +13,7 @@ from helpers import compose_config
 from torch.utils.flop_counter import FlopCounterMode
 
 from ssl4gie.bench import pretrain as bench_pretrain
-from ssl4gie.run import config as config_checks
+from ssl4gie.utils.conf import instantiate_checked
 
 SIZE = 64
 TINY_ARGS = [
@@ -44,7 +44,7 @@ def encoder_forward_flops(ssl: str, backbone: str) -> int:
             f"task.input_size={SIZE}",
         ]
     )
-    task = config_checks.instantiate_checked(cfg.task, _recursive_=False)
+    task = instantiate_checked(cfg.task, _recursive_=False)
     model = task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model.encoder(torch.randn(1, 3, SIZE, SIZE))

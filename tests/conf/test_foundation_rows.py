@@ -9,7 +9,7 @@ from helpers import CONF, compose_config, expand
 from hydra import compose, initialize_config_dir
 
 from ssl4gie.errors import ConfigError
-from ssl4gie.run.config import validate
+from ssl4gie.run.checks import validate
 
 # row file -> (backbone, pretraining, row code)
 ROWS = {

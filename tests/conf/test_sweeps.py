@@ -8,7 +8,7 @@ import pytest
 from helpers import CONF, ROOT, compose_config, expand
 from hydra import compose, initialize_config_dir
 
-from ssl4gie.run.config import validate
+from ssl4gie.run.checks import validate
 from ssl4gie.run.sweep_progress import count_cells
 
 EXPECTED = {

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from ssl4gie.data.hyperkvasir import OFFICIAL_SPLIT_FILE
 from ssl4gie.data.splits import SPLITS, VAL_SHARE, assign_folds, kfold_split, split_facts, split_files
 from ssl4gie.errors import ConfigError, DatasetError
-from ssl4gie.run.config import fingerprint
+from ssl4gie.run.identity import fingerprint
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from ssl4gie.data.detection import DetectionDataset
 from ssl4gie.data.splits import SPLITS, identity_dataset, split_facts, split_files, train_subset
 from ssl4gie.errors import ConfigError
-from ssl4gie.run.config import fingerprint, instantiate_checked
+from ssl4gie.run.identity import fingerprint
+from ssl4gie.utils.conf import instantiate_checked
 
 FRACTIONS = (0.01, 0.1, 0.25, 0.5, 1.0)
 

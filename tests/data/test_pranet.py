@@ -11,7 +11,7 @@ from ssl4gie.data.segmentation import PraNetFolders, native_mask
 from ssl4gie.data.splits import study_split
 from ssl4gie.data.synthetic import write_pranet_set
 from ssl4gie.errors import DatasetError
-from ssl4gie.run.config import instantiate_checked
+from ssl4gie.utils.conf import instantiate_checked
 
 PRANET_SETS = {
     "cvc_colondb": "TestDataset/CVC-ColonDB",

@@ -31,7 +31,7 @@ from ssl4gie.data.unlabelled import (
     read_resized,
 )
 from ssl4gie.errors import ConfigError, DatasetError, DatasetMissing
-from ssl4gie.run.config import instantiate_checked
+from ssl4gie.utils.conf import instantiate_checked
 
 IMAGES = "unlabeled-images/images"
 DOWNLOAD = "https://datasets.simula.no/downloads/hyper-kvasir/hyper-kvasir-unlabeled-images.zip"

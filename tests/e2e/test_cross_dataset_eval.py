@@ -10,7 +10,8 @@ from helpers import compose_config, segmentation_overrides
 from omegaconf import OmegaConf
 
 from ssl4gie.errors import ConfigError
-from ssl4gie.run.config import fingerprint, validate
+from ssl4gie.run.checks import validate
+from ssl4gie.run.identity import fingerprint
 from ssl4gie.run.pipeline import execute
 
 CVC = "dataset.synthetic={n: 9, seed: 1, size: [64, 48]}"

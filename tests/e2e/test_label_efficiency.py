@@ -13,7 +13,8 @@ from helpers import FAST, ROOT, SMALL_DECODERS, TINY, compose_config, expand, ru
 from omegaconf import DictConfig
 
 from ssl4gie.data.splits import split_files
-from ssl4gie.run.config import instantiate_checked, validate
+from ssl4gie.run.checks import validate
+from ssl4gie.utils.conf import instantiate_checked
 
 FRACTIONS = ["0.01", "0.1", "0.25", "0.5", "1.0"]
 COLUMNS = {

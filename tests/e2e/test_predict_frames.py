@@ -17,9 +17,9 @@ from ssl4gie.data.segmentation import SegmentationItem, decode_pair
 from ssl4gie.data.transforms import normalize
 from ssl4gie.engine.checkpoint import read_run_checkpoint
 from ssl4gie.errors import ConfigError
-from ssl4gie.run.config import instantiate_checked
 from ssl4gie.run.pipeline import execute
 from ssl4gie.tasks.segmentation import SegmentationEvaluator
+from ssl4gie.utils.conf import instantiate_checked
 
 # file name -> (width, height, PIL format): mixed sizes, formats, suffix cases, spaces and dots in names
 FRAMES = {

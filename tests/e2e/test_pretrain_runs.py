@@ -249,7 +249,7 @@ def test_the_epoch_0_baseline_of_a_resnet_has_batchnorm_statistics_of_real_frame
     """At initialisation BatchNorm's running statistics are 0 / 1; a baseline evaluated with them would be beaten
     by any training just through the statistics. The baseline is a copy with statistics of the monitor frames;
     the model that trains is left as it is."""
-    from ssl4gie.run.config import instantiate_checked
+    from ssl4gie.utils.conf import instantiate_checked
 
     cfg = compose_config(pretrain_overrides(tmp_path, "barlowtwins", "resnet50"), tmp_path / "run")
     task = instantiate_checked(cfg.task, _recursive_=False)
@@ -275,7 +275,7 @@ def test_continued_pretraining_starts_from_a_rows_weights(ssl, backbone, tmp_pat
     them)."""
     from helpers.checkpoints import random_like, tiny_backbone
 
-    from ssl4gie.run.config import instantiate_checked
+    from ssl4gie.utils.conf import instantiate_checked
     from ssl4gie.utils.io import save_torch
 
     family = "resnet" if backbone == "resnet50" else "vit"

@@ -12,7 +12,7 @@ from helpers import compose_config, run_cli, segmentation_overrides
 from helpers.checkpoints import write_weights
 from omegaconf import OmegaConf
 
-from ssl4gie.run.config import fingerprint
+from ssl4gie.run.identity import fingerprint
 from ssl4gie.run.weights import file_sha256
 
 ROW = ["pretraining=imagenet_barlowtwins"]  # ResNet-50; Barlow Twins' resnet50.pth is a plain state dict

@@ -73,7 +73,7 @@ def test_device_augmentation_runs_outside_autocast_in_fp32(kvasir_tiny, tmp_path
     cfg = compose_config(
         segmentation_overrides(kvasir_tiny, tmp_path, "trainer.precision=bf16", "trainer.gpu_augment=true")
     )
-    from ssl4gie.run.config import instantiate_checked
+    from ssl4gie.utils.conf import instantiate_checked
 
     task = instantiate_checked(cfg.task, _recursive_=False)
     model = task.build_model(cfg.backbone, cfg.pretraining, False, str(tmp_path))
@@ -121,7 +121,7 @@ def test_gpu_speed_switches_run_on_cpu_and_match_the_plain_path(switch, kvasir_t
 
 @pytest.mark.parametrize("backbone", ["resnet50", "vit_b"])
 def test_channels_last_step_equals_the_contiguous_step(backbone, kvasir_tiny, tmp_path):
-    from ssl4gie.run.config import instantiate_checked
+    from ssl4gie.utils.conf import instantiate_checked
 
     cfg = compose_config(segmentation_overrides(kvasir_tiny, tmp_path, f"backbone={backbone}"))
     task = instantiate_checked(cfg.task, _recursive_=False)

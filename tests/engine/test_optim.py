@@ -1,4 +1,5 @@
-"""Optimisers, parameter groups and schedules against hand computations and the recipes' rules (SPEC_PRETRAIN §1)."""
+"""Optimisers, parameter groups and schedules of the trainer/optimizer and trainer/scheduler config groups, against
+hand computations and the recipes' rules (the official MoCo v3, Barlow Twins and MAE code)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ import pytest
 import timm
 import timm.optim
 import torch
+from helpers import CONF, optimizer
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
 from ssl4gie.engine.optim import (
     Lars,
-    StepSchedule,
-    build_optimizer,
+    PlateauSchedule,
+    WarmupCosineSchedule,
     momentum_cosine,
     param_groups,
     warmup_cosine,
@@ -76,41 +80,57 @@ def test_momentum_cosine_rises_from_m0_to_one():
     assert momentum_cosine(2 * total, total, m0) == pytest.approx(1.0)
 
 
+def schedule(group: str, optimizer, epochs: int, peak_lr: float, monitor: str | None = None, **options):
+    """The schedule of config group option ``conf/trainer/scheduler/<group>.yaml``, as the trainer builds it."""
+    node = OmegaConf.merge(OmegaConf.load(CONF / "trainer" / "scheduler" / f"{group}.yaml"), options)
+    return instantiate(node)(optimizer, monitor=monitor, monitor_mode="max", epochs=epochs, peak_lr=peak_lr)
+
+
 def test_step_schedule_scales_every_group_and_resumes_from_its_step():
     w, b = nn.Parameter(torch.ones(3, 3)), nn.Parameter(torch.ones(3))
-    cfg = {"name": "lars", "lr": 1.2, "weight_decay": 1e-6, "exclude_1d": True, "one_d_lr_scale": 0.024}
-    opt = build_optimizer(cfg, [("w", w), ("b", b)])
+    opt = optimizer("lars", [("w", w), ("b", b)], lr=1.2, weight_decay=1e-6, one_d_lr_scale=0.024)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([1.2, 1.2 * 0.024])
-    sched_cfg = {"name": "warmup_cosine", "warmup_epochs": 2, "final_lr_ratio": 0.001}
-    sched = StepSchedule(opt, sched_cfg, steps_per_epoch=5, epochs=10)
-    assert sched.apply(0) == 0.0 and [g["lr"] for g in opt.param_groups] == [0.0, 0.0]
-    assert sched.apply(10) == pytest.approx(1.2)
+    sched = schedule("warmup_cosine", opt, epochs=10, peak_lr=1.2, warmup_epochs=2, final_lr_ratio=0.001)
+    assert isinstance(sched, WarmupCosineSchedule)
+    sched.start(steps_per_epoch=5)
+    assert sched.step_lr(0) == 0.0 and [g["lr"] for g in opt.param_groups] == [0.0, 0.0]
+    assert sched.step_lr(10) == pytest.approx(1.2)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([1.2, 1.2 * 0.024])
-    assert sched.apply(50) == pytest.approx(1.2e-3)
-    lr_at_23 = sched.apply(23)
-    resumed = StepSchedule(opt, sched_cfg, steps_per_epoch=5, epochs=10)
+    assert sched.step_lr(50) == pytest.approx(1.2e-3)
+    lr_at_23 = sched.step_lr(23)
+    resumed = schedule("warmup_cosine", opt, epochs=10, peak_lr=1.2, warmup_epochs=2, final_lr_ratio=0.001)
+    resumed.start(steps_per_epoch=5)
     opt.param_groups[0]["lr"] = -1.0
     resumed.load_state_dict(sched.state_dict())
     assert resumed.last_step == 23 and opt.param_groups[0]["lr"] == pytest.approx(lr_at_23)
     assert lr_at_23 == pytest.approx(warmup_cosine(23, 50, 10, 1.2, 1.2e-3))
 
 
+def test_plateau_schedule_halves_the_lr_after_patience_epochs_without_improvement():
+    opt = optimizer("adamw", [("w", nn.Parameter(torch.ones(2)))], lr=1e-4, weight_decay=0.01)
+    sched = schedule("plateau", opt, epochs=50, peak_lr=1e-4, monitor="val/dice", patience=2)
+    assert isinstance(sched, PlateauSchedule) and sched.step_lr(0) is None
+    for value in (0.5, 0.5, 0.5):
+        sched.validated(value)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+    sched.validated(0.5)  # the third epoch without improvement
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-5)
+    with pytest.raises(ConfigError, match="trainer/scheduler=plateau needs a validation metric"):
+        schedule("plateau", opt, epochs=50, peak_lr=1e-4, monitor=None)
+
+
 @pytest.mark.parametrize(
-    ("cfg", "message"),
+    ("options", "message"),
     [
-        ({"name": "step"}, "scheduler.name='step' is not valid; valid: warmup_cosine"),
-        (
-            {"name": "warmup_cosine", "warmup_epochs": 11},
-            "scheduler.warmup_epochs=11.0 must lie between 0 and",
-        ),
-        ({"name": "warmup_cosine", "final_lr_ratio": 2}, "scheduler.final_lr_ratio=2.0 must lie in [0, 1]"),
-        ({"name": "warmup_cosine", "warmup_epoch": 1}, "does not take warmup_epoch"),
+        ({"name": "step"}, "trainer.scheduler.name=step does not match the scheduler that"),
+        ({"warmup_epochs": 11}, "trainer.scheduler.warmup_epochs=11 must lie between 0 and"),
+        ({"final_lr_ratio": 2}, "trainer.scheduler.final_lr_ratio=2 must lie in [0, 1]"),
     ],
 )
-def test_step_schedule_rejects_bad_options(cfg, message):
+def test_step_schedule_rejects_bad_options(options, message):
     opt = torch.optim.SGD([nn.Parameter(torch.ones(2))], lr=0.1)
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        StepSchedule(opt, cfg, steps_per_epoch=3, epochs=10)
+        schedule("warmup_cosine", opt, epochs=10, peak_lr=0.1, **options).start(steps_per_epoch=3)
 
 
 # ---------------------------------------------------------------------------------------------- param groups
@@ -138,17 +158,20 @@ def test_moco_lars_groups_exempt_1d_params_and_leave_out_the_momentum_branch():
     assert "projector.1.weight" in names["no_decay"]  # hidden BatchNorm's affine weight
     # 4 stages × 1 bottleneck × (3 conv + downsample conv) + stem conv; + 2 + 2 Linear layers in the heads
     assert len(names["weights"]) == 4 * 4 + 1 + 4
-    assert groups[1]["weight_decay"] == 0.0 and groups[1]["lars_adapt"] is False
-    assert (
-        "weight_decay" not in groups[0] and groups[0]["lars_adapt"] is True
-    )  # the optimiser's default decay
+    assert groups[1]["weight_decay"] == 0.0 and "weight_decay" not in groups[0]  # the optimiser's decay
+    lars = optimizer("lars", model.trainable_named_parameters(), lr=1.0, weight_decay=1e-6)
+    assert [(g["name"], g["lars_adapt"]) for g in lars.param_groups] == [
+        ("weights", True),
+        ("no_decay", False),
+    ]
 
 
 def test_adamw_groups_mae_exempts_1d_and_biases_moco_vit_decays_everything():
     vit = tiny_vit()
     vit.pos_embed.requires_grad_(False)  # MAE/MoCo v3 ViT: fixed sin-cos embedding, not optimised
-    mae = {"name": "adamw", "lr": 4.5e-4, "weight_decay": 0.05, "betas": [0.9, 0.95], "exclude_1d": True}
-    opt = build_optimizer(mae, vit.named_parameters())
+    opt = optimizer(
+        "adamw", vit.named_parameters(), lr=4.5e-4, weight_decay=0.05, betas=[0.9, 0.95], exclude_1d=True
+    )
     names = names_by_group(vit, opt.param_groups)
     trainable = {n: p for n, p in vit.named_parameters() if p.requires_grad}
     assert names["weights"] == {n for n, p in trainable.items() if p.ndim > 1}
@@ -158,8 +181,7 @@ def test_adamw_groups_mae_exempts_1d_and_biases_moco_vit_decays_everything():
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
     assert all(g["betas"] == (0.9, 0.95) and "lars_adapt" not in g for g in opt.param_groups)
 
-    moco = {"name": "adamw", "lr": 4.5e-4, "weight_decay": 0.1, "exclude_1d": False}
-    opt = build_optimizer(moco, vit.named_parameters())
+    opt = optimizer("adamw", vit.named_parameters(), lr=4.5e-4, weight_decay=0.1, exclude_1d=False)
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["name"] == "all"
     assert names_by_group(vit, opt.param_groups)["all"] == set(trainable)
     assert opt.param_groups[0]["weight_decay"] == 0.1 and opt.param_groups[0]["betas"] == (0.9, 0.999)
@@ -167,14 +189,14 @@ def test_adamw_groups_mae_exempts_1d_and_biases_moco_vit_decays_everything():
 
 def test_barlow_twins_groups_give_1d_params_their_own_lr():
     model = nn.Sequential(nn.Linear(4, 8, bias=False), nn.BatchNorm1d(8), nn.Linear(8, 8, bias=False))
-    cfg = {
-        "name": "lars",
-        "lr": 0.2 * 6,
-        "weight_decay": 1e-6,
-        "exclude_1d": True,
-        "one_d_lr_scale": 0.0048 / 0.2,
-    }
-    opt = build_optimizer(cfg, model.named_parameters())
+    opt = optimizer(
+        "lars",
+        model.named_parameters(),
+        lr=0.2 * 6,
+        weight_decay=1e-6,
+        exclude_1d=True,
+        one_d_lr_scale=0.0048 / 0.2,
+    )
     assert [g["name"] for g in opt.param_groups] == ["weights", "no_decay"]
     assert [len(g["params"]) for g in opt.param_groups] == [2, 2]
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([1.2, 0.0048 * 6])
@@ -195,23 +217,18 @@ def test_name_rule_catches_biases_that_are_not_1d():
 
 
 @pytest.mark.parametrize(
-    ("cfg", "message"),
+    ("group", "options", "message"),
     [
-        (
-            {"name": "sgd", "lr": 1, "weight_decay": 0},
-            "optimizer.name='sgd' is not valid; valid: adamw, lars",
-        ),
-        ({"name": "lars", "weight_decay": 0}, "needs optimizer.lr"),
-        ({"name": "lars", "lr": 1, "weight_decay": 0, "betas": [0.9, 0.9]}, "does not take betas"),
-        (
-            {"name": "adamw", "lr": 1, "weight_decay": 0, "one_d_lr_scale": 0.1},
-            "needs optimizer.exclude_1d=true",
-        ),
+        ("adamw", {"name": "lars"}, "trainer.optimizer.name=lars does not match the optimizer that"),
+        ("adamw", {"one_d_lr_scale": 0.1}, "needs optimizer.exclude_1d=true"),
     ],
 )
-def test_build_optimizer_rejects_bad_options(cfg, message):
+def test_optimizers_refuse_bad_options(group, options, message):
     with pytest.raises(ConfigError, match=message):
-        build_optimizer(cfg, nn.Linear(2, 2).named_parameters())
+        optimizer(group, nn.Linear(2, 2).named_parameters(), lr=1.0, weight_decay=0.0, **options)
+    frozen = nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ConfigError, match="no trainable parameters"):
+        optimizer(group, frozen.named_parameters(), lr=1.0, weight_decay=0.0)
 
 
 # ---------------------------------------------------------------------------------------------------- LARS

@@ -122,3 +122,13 @@ def expand(name: str) -> list[list[str]]:
     params = cfg.hydra.sweeper.params
     overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
     return BasicSweeper.split_arguments(overrides, None)[0]
+
+
+def optimizer(group: str, named_params, lr: float, weight_decay: float, **options):
+    """The optimiser of config group option ``conf/trainer/optimizer/<group>.yaml`` (its ``_partial_`` target, with
+    ``options`` replacing the file's values) over ``named_params``, as the trainer builds it."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.merge(OmegaConf.load(CONF / "trainer" / "optimizer" / f"{group}.yaml"), options)
+    return instantiate(node)(named_params, lr=lr, weight_decay=weight_decay)

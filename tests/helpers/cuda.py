@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from helpers import compose_config, task_overrides
 from ssl4gie.engine.trainer import Trainer
-from ssl4gie.run.config import instantiate_checked
+from ssl4gie.utils.conf import instantiate_checked
 from ssl4gie.utils.seed import seed_everything
 
 DEVICE = os.environ.get("SSL4GIE_GPU_TESTS_DEVICE", "cuda")

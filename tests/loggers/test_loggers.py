@@ -22,7 +22,7 @@ from omegaconf import open_dict
 
 from ssl4gie.errors import ConfigError
 from ssl4gie.loggers import FAILED, KILLED, SUCCESS, RunInfo, RunLogger, Trackers, build_loggers
-from ssl4gie.run import config as config_checks
+from ssl4gie.run.identity import fingerprint
 from ssl4gie.run.pipeline import execute
 from ssl4gie.run.weights import InitialWeights
 
@@ -65,9 +65,7 @@ def test_the_default_is_csv_and_no_tracker_changes_a_runs_identity_or_folder(tmp
     cfg = compose_config(base, tmp_path / "run", hydra=True)
     assert cfg.logger.name == "csv" and "_target_" not in cfg.logger and build_loggers(cfg.logger) == []
     fingerprints = {
-        config_checks.fingerprint(
-            compose_config([*base, f"logger={name}", *opts], tmp_path / "run"), InitialWeights()
-        )
+        fingerprint(compose_config([*base, f"logger={name}", *opts], tmp_path / "run"), InitialWeights())
         for name, opts in [
             ("csv", []),
             ("tensorboard", []),

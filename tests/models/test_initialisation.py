@@ -8,7 +8,7 @@ import torch
 from helpers import SMALL_DECODERS, TINY, compose_config
 
 from ssl4gie.models.backbone import create_backbone
-from ssl4gie.run.config import instantiate_checked
+from ssl4gie.utils.conf import instantiate_checked
 
 
 @pytest.mark.parametrize("tiny", [True, False])

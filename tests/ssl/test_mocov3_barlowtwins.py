@@ -8,9 +8,10 @@ import math
 import pytest
 import timm
 import torch
+from helpers import optimizer
 from torch import nn
 
-from ssl4gie.engine.optim import build_optimizer, momentum_cosine
+from ssl4gie.engine.optim import momentum_cosine
 from ssl4gie.ssl.barlowtwins import BarlowTwins
 from ssl4gie.ssl.heads import mlp
 from ssl4gie.ssl.losses import barlow_twins
@@ -114,10 +115,7 @@ def test_momentum_branch_starts_as_a_frozen_copy_and_stays_out_of_the_optimiser(
 
     for p in momentum.values():  # even if someone switches them back on, the optimiser never sees them
         p.requires_grad_(True)
-    opt = build_optimizer(
-        {"name": "lars", "lr": 1.0, "weight_decay": 1e-6, "exclude_1d": True},
-        model.trainable_named_parameters(),
-    )
+    opt = optimizer("lars", model.trainable_named_parameters(), lr=1.0, weight_decay=1e-6)
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     assert not in_opt & {id(p) for p in momentum.values()}
     assert len(in_opt) == sum(1 for n, _ in model.named_parameters() if not n.startswith("momentum_"))
@@ -125,9 +123,7 @@ def test_momentum_branch_starts_as_a_frozen_copy_and_stays_out_of_the_optimiser(
 
 def test_optimizer_step_leaves_the_momentum_branch_untouched():
     model = tiny_moco()
-    opt = build_optimizer(
-        {"name": "adamw", "lr": 1e-2, "weight_decay": 0.1}, model.trainable_named_parameters()
-    )
+    opt = optimizer("adamw", model.trainable_named_parameters(), lr=1e-2, weight_decay=0.1)
     x1, x2 = views(8)
     model(x1, x2, momentum=0.99)["loss"].backward()
     momentum = [*model.momentum_encoder.parameters(), *model.momentum_projector.parameters()]
@@ -209,9 +205,7 @@ def test_moco_overfits_a_fixed_batch():
     torch.manual_seed(0)
     n, steps = 16, 30
     model = tiny_moco(tau=0.2)
-    opt = build_optimizer(
-        {"name": "adamw", "lr": 3e-3, "weight_decay": 0.1}, model.trainable_named_parameters()
-    )
+    opt = optimizer("adamw", model.trainable_named_parameters(), lr=3e-3, weight_decay=0.1)
     x1, x2 = views(n)
     history = []
     for step in range(steps):
@@ -232,9 +226,13 @@ def test_barlow_twins_overfits_a_fixed_batch():
     model = BarlowTwins(
         tiny_resnet(), 256, projector={"hidden_dim": 64, "out_dim": 64, "layers": 3, "last_bn": False}
     )
-    opt = build_optimizer(
-        {"name": "lars", "lr": 2.0, "weight_decay": 1e-6, "exclude_1d": True, "one_d_lr_scale": 0.024},
+    opt = optimizer(
+        "lars",
         model.trainable_named_parameters(),
+        lr=2.0,
+        weight_decay=1e-6,
+        exclude_1d=True,
+        one_d_lr_scale=0.024,
     )
     x1, x2 = views(16)
     history = []

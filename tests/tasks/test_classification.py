@@ -14,7 +14,7 @@ from omegaconf import open_dict
 
 from ssl4gie.data.hyperkvasir import HyperKvasir, write_synthetic
 from ssl4gie.errors import ConfigError
-from ssl4gie.run.config import validate
+from ssl4gie.run.checks import validate
 from ssl4gie.run.pipeline import execute
 from ssl4gie.tasks.classification import ClassificationTask, Classifier
 from ssl4gie.tasks.losses import class_weights

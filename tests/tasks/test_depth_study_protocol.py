@@ -23,8 +23,8 @@ from helpers.depth_reference import study_reference
 from PIL import Image
 
 from ssl4gie.errors import ConfigError
-from ssl4gie.run.config import instantiate_checked
 from ssl4gie.run.pipeline import execute
+from ssl4gie.utils.conf import instantiate_checked
 
 SIZE = 64  # task.input_size of the FAST overrides
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])

@@ -138,17 +138,19 @@ def test_invalid_options_are_rejected(changes, message):
 
 
 def test_frozen_bn_rule():
-    assert resolve_frozen_bn("auto", "random") is False  # random init: trainable BatchNorm
-    assert resolve_frozen_bn("auto", "imagenet_sl") is True
-    assert resolve_frozen_bn(True, "random") is True  # the study's behaviour
-    assert resolve_frozen_bn(False, "imagenet_sl") is False
+    assert resolve_frozen_bn("auto", pretrained=False) is False  # random init: trainable BatchNorm
+    assert resolve_frozen_bn("auto", pretrained=True) is True
+    assert resolve_frozen_bn(True, pretrained=False) is True  # the study's behaviour
+    assert resolve_frozen_bn(False, pretrained=True) is False
 
 
 def test_unknown_backbone_family_is_rejected(tmp_path):
     task = DetectionTask(**_task_options())
     backbone = OmegaConf.create({"name": "convnext", "family": "convnext"})
     with pytest.raises(ConfigError, match="known families: \\['resnet', 'vit'\\]"):
-        task.build_model(backbone, OmegaConf.create({"name": "random"}), False, str(tmp_path))
+        task.build_model(
+            backbone, OmegaConf.create({"name": "random", "pretrained": False}), False, str(tmp_path)
+        )
     assert not math.isnan(task.figure_threshold)
 
 

@@ -7,7 +7,7 @@ import torch
 from helpers import FAST, SMALL_DECODERS, TINY, compose_config
 
 from ssl4gie.data.collate import collate
-from ssl4gie.run.config import instantiate_checked
+from ssl4gie.utils.conf import instantiate_checked
 
 
 def test_device_augmentation_path(tmp_path, kvasir_tiny):

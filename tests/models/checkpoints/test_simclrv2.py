@@ -14,8 +14,8 @@ from ssl4gie.errors import ConfigError
 from ssl4gie.models.backbone import create_backbone
 from ssl4gie.models.checkpoints import load_backbone_weights
 from ssl4gie.models.checkpoints.io import CheckpointError
-from ssl4gie.run.config import CONF_DIR
 from ssl4gie.run.weights import weights_file
+from ssl4gie.utils.conf import CONF_DIR
 from ssl4gie.utils.io import save_torch
 
 LAYERS = (3, 4, 6, 3)

@@ -32,8 +32,8 @@ from helpers.study import (
 from ssl4gie.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ssl4gie.models.checkpoints import CheckpointError
 from ssl4gie.models.checkpoints.study import detect_kind
-from ssl4gie.run.config import instantiate_checked
 from ssl4gie.run.pipeline import execute
+from ssl4gie.utils.conf import instantiate_checked
 
 
 @pytest.mark.parametrize("backbone, family", [("resnet50", "resnet"), ("vit_b", "vit")])
@@ -214,9 +214,9 @@ def study_dpt_forward(sd: dict, feats: list[torch.Tensor], head: str) -> torch.T
 
 @pytest.mark.parametrize("task", ["segmentation", "depth"])
 def test_study_vit_dense_file_equals_their_dpt(task, tmp_paths, tmp_path, caplog):
-    from ssl4gie.engine.checkpoint import read_model_checkpoint
     from ssl4gie.models.backbone import intermediates
     from ssl4gie.models.checkpoints.study import check_against
+    from ssl4gie.run.checkpoint import read_model_checkpoint
 
     overrides = task_overrides(task, tmp_paths, "backbone=vit_b")
     cfg = compose_config(overrides)
@@ -260,8 +260,8 @@ def test_study_vit_dense_file_equals_their_dpt(task, tmp_paths, tmp_path, caplog
 
 # ------------------------------------------------------------------------------------------ ResNet-50 depth
 def test_study_resnet_depth_file_equals_their_decoder(tmp_paths, tmp_path, caplog):
-    from ssl4gie.engine.checkpoint import read_model_checkpoint
     from ssl4gie.models.checkpoints.study import check_against
+    from ssl4gie.run.checkpoint import read_model_checkpoint
 
     overrides = task_overrides("depth", tmp_paths, "backbone=resnet50")
     cfg = compose_config(overrides)
@@ -294,8 +294,8 @@ def test_study_resnet_depth_file_equals_their_decoder(tmp_paths, tmp_path, caplo
 
 
 def test_study_resnet_segmentation_file_equals_smp_deeplabv3plus(tmp_paths, tmp_path, caplog):
-    from ssl4gie.engine.checkpoint import read_model_checkpoint
     from ssl4gie.models.checkpoints.study import check_against
+    from ssl4gie.run.checkpoint import read_model_checkpoint
 
     overrides = task_overrides("segmentation", tmp_paths, "backbone=resnet50")
     cfg = compose_config(overrides)
@@ -343,8 +343,8 @@ def test_study_resnet_detector_file_equals_torchvisions_model(tmp_paths, tmp_pat
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    from ssl4gie.engine.checkpoint import read_model_checkpoint
     from ssl4gie.models.checkpoints.study import check_against
+    from ssl4gie.run.checkpoint import read_model_checkpoint
 
     size = {"min_size": 64, "max_size": 128, "box_score_thresh": 0.0}  # random weights score low
     reference = FasterRCNN(
@@ -506,8 +506,8 @@ def test_study_vit_detector_file_equals_their_vitdet(tmp_paths, tmp_path, caplog
     block 3 only (task.global_blocks=[3]), which exercises the windows."""
     from torchvision.models.detection import FasterRCNN
 
-    from ssl4gie.engine.checkpoint import read_model_checkpoint
     from ssl4gie.models.checkpoints.study import check_against
+    from ssl4gie.run.checkpoint import read_model_checkpoint
 
     overrides = [
         *task_overrides("detection", tmp_paths),

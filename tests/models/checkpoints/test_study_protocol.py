@@ -24,8 +24,8 @@ from PIL import Image
 
 from ssl4gie.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ssl4gie.errors import ConfigError
-from ssl4gie.run.config import instantiate_checked
 from ssl4gie.run.pipeline import execute
+from ssl4gie.utils.conf import instantiate_checked
 
 S = 1e-8  # the study's smoothing
 
@@ -157,7 +157,7 @@ def test_protocol_errors_name_the_option_and_the_valid_values(tmp_paths):
 
 
 def test_the_protocol_is_part_of_the_run_identity_and_macro_over_null_is_its_default(tmp_paths, tmp_path):
-    from ssl4gie.run.config import fingerprint
+    from ssl4gie.run.identity import fingerprint
 
     for task in ("classification", "segmentation"):
         base = task_overrides(task, tmp_paths)

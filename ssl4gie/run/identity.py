@@ -1,20 +1,19 @@
-"""Config checks done once, first (before any data is read), and the identity of a run."""
+"""The identity of a run: a short hash (the fingerprint) of everything that defines the experiment.
+
+A finished run is recognised by it (a relaunched sweep skips the cell), and a ``last.pt`` is only resumed into a run
+with the same fingerprint. What does not change what a run computes (paths, devices, trackers) is no part of it, and
+options added later count only where they act, so finished runs keep their identity when ssl4gie gains options.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from ssl4gie.data.splits import identity_dataset, identity_split
-from ssl4gie.errors import ConfigError
 from ssl4gie.run.weights import InitialWeights, run_weights
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-MODES = ("train", "eval", "predict")
 
 # Options that do not change what a run computes: two runs that differ only here are the same experiment
 # (a moved data folder or another GPU must not block resuming or count as a new sweep cell).
@@ -53,6 +52,7 @@ NOT_IDENTITY = (
     # facts for the results tables (size and names of a row's pretraining data), not what a run computes
     "pretraining.data_size",
     "pretraining.data_seen",
+    "pretraining.pretrained",  # whether the row has weights: a fact of the row, which its name identifies
 )
 
 
@@ -69,6 +69,7 @@ LEGACY_DEFAULTS = {
     "trainer.scheduler.name": "plateau",
     "trainer.scheduler.warmup_epochs": 0,
     "trainer.scheduler.final_lr_ratio": 0.0,
+    "trainer.scheduler.eps": 1.0e-8,
     "trainer.val_every": 1,
     "trainer.val_at_start": False,
 }
@@ -83,68 +84,43 @@ def _get(container: dict, dotted: str, default):
     return container
 
 
-def group_options(group: str) -> dict[str, dict]:
-    """Options of a config group with their YAML contents (empty if the conf folder is not beside the package)."""
-    folder = CONF_DIR / group
-    if not folder.is_dir():
-        return {}
-    return {p.stem: yaml.safe_load(p.read_text()) or {} for p in sorted(folder.glob("*.yaml"))}
+# Before the optimiser and the schedule became config groups (trainer/optimizer, trainer/scheduler), the trainer
+# had one flat node for each, holding every choice's options; finished runs were fingerprinted in that shape, so a
+# group's node is seen in it again (a recipe's optimiser, written whole, was never merged into the flat node).
+FLAT_OPTIMIZER = {
+    "name": "adamw",
+    "betas": [0.9, 0.999],
+    "momentum": 0.9,
+    "trust_coefficient": 0.001,
+    "exclude_1d": False,
+    "one_d_lr_scale": 1.0,
+}
+FLAT_SCHEDULER = {
+    "name": "plateau",
+    "factor": 0.5,
+    "patience": 10,
+    "threshold": 1.0e-4,
+    "min_lr": 1.0e-6,
+    "warmup_epochs": 0,
+    "final_lr_ratio": 0.0,
+}
+# Config nodes that are instantiated (``_target_``, ``_partial_``): which code builds them is no part of the identity
+INSTANTIATED = ("trainer.optimizer", "trainer.scheduler", "ssl.recipe.optimizer", "task.recipe.optimizer")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Reject invalid combinations with the valid choices in the message."""
-    if cfg.mode not in MODES:
-        raise ConfigError(f"mode={cfg.mode} is not valid; valid: {', '.join(MODES)}")
-    if cfg.mode != "train" and not cfg.ckpt:
-        raise ConfigError(f"mode={cfg.mode} needs a checkpoint of a finished run: add ckpt=PATH/TO/best.pt")
-    if cfg.get("input") and cfg.mode != "predict":
-        raise ConfigError(
-            f"input={cfg.input} is read by mode=predict only (predict on a folder of frames), not mode={cfg.mode}"
-        )
-    if cfg.dataset.task != cfg.task.name:
-        fitting = [n for n, o in group_options("dataset").items() if o.get("task") == cfg.task.name]
-        raise ConfigError(
-            f"dataset={cfg.dataset.name} is a {cfg.dataset.task} dataset, not for task={cfg.task.name}; "
-            f"valid datasets for task={cfg.task.name}: {', '.join(fitting)}"
-        )
-    if cfg.backbone.name not in cfg.pretraining.backbones:
-        fitting = [
-            n for n, o in group_options("pretraining").items() if cfg.backbone.name in o.get("backbones", [])
-        ]
-        raise ConfigError(
-            f"pretraining={cfg.pretraining.name} exists for backbone {', '.join(cfg.pretraining.backbones)}, not "
-            f"backbone={cfg.backbone.name}; valid pretraining for backbone={cfg.backbone.name}: {', '.join(fitting)}"
-        )
-    if cfg.task.name == "pretrain":
-        _validate_pretrain(cfg)
-    if cfg.mode == "train" and cfg.dataset.get("split") == "all":
-        raise ConfigError(
-            f"dataset.split=all (dataset={cfg.dataset.name}) leaves no train/val split for mode=train: train with "
-            "dataset.split=study, evaluate every image with mode=eval ckpt=PATH dataset.split=all"
-        )
-    t = cfg.trainer
-    for key in ("epochs", "batch_size", "accum_steps", "micro_batch"):
-        if t.get(key, 1) != "auto" and int(t.get(key, 1)) < 1:
-            raise ConfigError(f"trainer.{key}={t[key]} must be at least 1")
-
-
-def _validate_pretrain(cfg: DictConfig) -> None:
-    """``task=pretrain``: a method × backbone pair with a published recipe, trained from scratch or from a row."""
-    if cfg.backbone.name not in cfg.ssl.backbones:
-        pairs = "; ".join(
-            f"ssl={name} with backbone={'|'.join(o.get('backbones', []))}"
-            for name, o in group_options("ssl").items()
-        )
-        raise ConfigError(
-            f"ssl={cfg.ssl.name} has no recipe for backbone={cfg.backbone.name}; valid pairs: {pairs}"
-        )
-    if cfg.mode != "train":
-        raise ConfigError(
-            f"task=pretrain runs in mode=train only (mode={cfg.mode}): its output is the exported backbone, which "
-            "a finetuning task evaluates (pretraining=hyperkvasir_<method> paths.weights_dir=<run>/export)"
-        )
-    if cfg.frozen:
-        raise ConfigError("frozen=true freezes the backbone, which task=pretrain trains: drop frozen=true")
+def _flat_trainer(cfg: DictConfig, container: dict) -> None:
+    """``trainer.optimizer`` and ``trainer.scheduler`` in the flat shape of earlier versions (see above)."""
+    for dotted in INSTANTIATED:
+        node = _get(container, dotted, None)
+        if isinstance(node, dict):
+            node.pop("_target_", None)
+            node.pop("_partial_", None)
+    trainer = container.get("trainer")
+    if not isinstance(trainer, dict):
+        return
+    for key, flat in (("optimizer", FLAT_OPTIMIZER), ("scheduler", FLAT_SCHEDULER)):
+        if isinstance(trainer.get(key), dict) and not OmegaConf.is_interpolation(cfg.trainer, key):
+            trainer[key] = {**flat, **trainer[key]}
 
 
 def _drop(container: dict, dotted: str) -> None:
@@ -165,6 +141,7 @@ def fingerprint(cfg: DictConfig, weights: InitialWeights | None = None) -> str:
     weights = run_weights(cfg) if weights is None else weights
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
+    _flat_trainer(cfg, container)
     for key in NOT_IDENTITY:
         _drop(container, key)
     # dataset.split stays: it is the test set of an eval and the table of a C3VD training run; but two names of
@@ -181,9 +158,9 @@ def fingerprint(cfg: DictConfig, weights: InitialWeights | None = None) -> str:
     for dotted, legacy in LEGACY_DEFAULTS.items():
         if _get(container, dotted, _MISSING) == legacy:
             _drop(container, dotted)
-    # Two spellings of one experiment: classification's task.macro_over=null means its protocol's classes
+    # Two spellings of one experiment: a macro average over null classes means its protocol's classes
     task = container.get("task")
-    if isinstance(task, dict) and task.get("name") == "classification" and task.get("macro_over", "") is None:
+    if isinstance(task, dict) and "macro_over" in task and task["macro_over"] is None:
         task["macro_over"] = "all" if task.get("protocol") == "study" else "present"
     if (identity := weights.identity()) is not None:
         container["initial_weights"] = identity
@@ -191,24 +168,6 @@ def fingerprint(cfg: DictConfig, weights: InitialWeights | None = None) -> str:
 
 
 def row_code(cfg: DictConfig) -> str:
-    """The study's row code, e.g. RN-IN-MC or VT-NA-NA (SPEC 2.1)."""
+    """The study's row code as its README and figures name rows: backbone-data-method, e.g. RN-IN-MC (ResNet-50,
+    ImageNet, MoCo v3) or VT-NA-NA (ViT-B, random initialisation)."""
     return f"{cfg.backbone.code}-{cfg.pretraining.code}"
-
-
-def instantiate_checked(node: DictConfig, **kwargs):
-    """``hydra.utils.instantiate``, but a user-facing error raised by the target comes out as itself.
-
-    Hydra wraps every exception of a ``_target_`` in an InstantiationException with a multi-line message; a
-    DatasetError from a reader should reach the user as its own one line.
-    """
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    from ssl4gie.errors import Ssl4gieError
-
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, Ssl4gieError):
-            raise e.__cause__ from None
-        raise
