@@ -138,7 +138,7 @@ class PadGeometry:
 
 @dataclass(frozen=True)
 class DepthFrame:
-    name: str  # "<code>_<NNNN>", unique over the dataset
+    name: str  # "<code>_<NNNN>" (zero-padded, as the May 2023 release names frames), unique over the dataset
     video: str  # video code
     number: int
     image: Path
@@ -324,7 +324,8 @@ class C3VD:
             depth = folder / f"{stem}{DEPTH}"
             if not depth.is_file():
                 raise DatasetError(f"colour frame {image} has no depth file: expected {depth}")
-            frames.append(DepthFrame(f"{entry.code}_{stem}", entry.code, int(stem), image, depth))
+            # named as the zero-padded release names it, whichever release's names the files have
+            frames.append(DepthFrame(f"{entry.code}_{int(stem):04d}", entry.code, int(stem), image, depth))
         frames.sort(key=lambda f: (f.number, f.image.name))  # numerically: 2 before 10 without zero padding
         # A quick look at one depth file per video fails an 8-bit copy before any model is built.
         read_depth(frames[0].depth)

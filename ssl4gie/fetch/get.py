@@ -172,23 +172,35 @@ def _expected(source: Source, file: RemoteFile, lock: Lock, options: Options) ->
     return None, "first use"
 
 
-def _verify(source: Source, file: RemoteFile, got: download.Received, lock: Lock, options: Options, origin: str,
-            md5: str | None = None) -> None:  # fmt: skip
-    """Check size, md5 (Dataverse) and sha256; record the hash. A mismatch deletes the file and raises."""
+def _verify(
+    source: Source,
+    file: RemoteFile,
+    got: download.Received,
+    lock: Lock,
+    options: Options,
+    origin: str,
+    md5: str | None = None,
+    by_hand: bool = False,
+) -> None:
+    """Check sha256, size and md5 (Dataverse); record the hash. A mismatch raises, after deleting the file if
+    fetch downloaded it (a file the user put there, ``by_hand``, stays)."""
     expected, why = _expected(source, file, lock, options)
+    pinned = file.name in options.pins  # another version: the published size does not apply either
     problem = None
-    if file.size is not None and got.size != file.size:
-        problem = f"is {got.size:,} bytes, the source has {file.size:,}"
+    if expected and not matches(expected, got.sha256):
+        problem = f"has sha256 {got.sha256}, expected {expected} ({why})"
+    elif file.size is not None and got.size != file.size and not pinned:
+        problem = f"is {got.size:,} bytes (sha256 {got.sha256}), the source has {file.size:,}"
     elif md5 and got.md5 and got.md5 != md5:
         problem = f"has md5 {got.md5}, the Dataverse listing says {md5}"
-    elif expected and not matches(expected, got.sha256):
-        problem = f"has sha256 {got.sha256}, expected {expected} ({why})"
     if problem:
-        got.path.unlink(missing_ok=True)
+        if not by_hand:
+            got.path.unlink(missing_ok=True)
+        done = "left it there, placed nothing" if by_hand else "deleted it, nothing was placed"
         hint = (
             f"; if the source published a new version, pin it with --sha256 {got.sha256}" if expected else ""
         )
-        raise FetchError(f"{file.name} from {origin} {problem}: deleted it, nothing was placed{hint}")
+        raise FetchError(f"{file.name} from {origin} {problem}: {done}{hint}")
     trust = "first use" if expected is None else why.split(",")[0]
     lock.record_file(f"{source.name}/{file.name}", got.sha256, got.size, trust, origin)
     if expected is None:
@@ -265,7 +277,7 @@ def _archives(source: Source, store: Path, options: Options) -> Outcome:
         else:  # saved by the user (login sources), or kept from an earlier run
             log.info("%s: using %s", source.name, archive)
             got = download.Received(archive, sha256_file(archive), archive.stat().st_size)
-            _verify(source, file, got, lock, options, str(archive))
+            _verify(source, file, got, lock, options, str(archive), by_hand=True)
         staging = downloads / f"{source.name}-{_stem(file.name)}.unpacking"
         hashes = extract(archive, staging)
         placed = place(staging, source.layout, source.move, target, archive, hashes)
@@ -285,7 +297,7 @@ def _weights_file(source: Source, store: Path, options: Options, file: RemoteFil
     target = store / source.into
     if target.is_file():  # placed by hand (e.g. a gated download): verify against what is known, or record it
         got = download.Received(target, sha256_file(target), target.stat().st_size)
-        _verify(source, file, got, lock, options, f"{target} (placed by hand)")
+        _verify(source, file, got, lock, options, f"{target} (placed by hand)", by_hand=True)
         lock.record_placement(source.into, source.name, [f"{source.name}/{file.name}"], manifest_of(target))
         return Outcome(source, "recorded", f"{target} verified/recorded as it was")
     if source.login and not options.mirror:
@@ -358,7 +370,7 @@ def _drive_folder(source: Source, store: Path, options: Options) -> Outcome:
             )
         if state == "present":
             got = download.Received(target, sha256_file(target), target.stat().st_size)
-            _verify(source, file, got, lock, options, f"{target} (placed by hand)")
+            _verify(source, file, got, lock, options, f"{target} (placed by hand)", by_hand=True)
         else:
             partial = store / DOWNLOADS / source.name / path
             got = _receive(where, partial, file, options)
