@@ -121,6 +121,13 @@ def _host(url: str) -> str:
     return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
+def _range_start(content_range: str) -> int | None:
+    """The first byte of ``Content-Range: bytes a-b/total``; None if it is not of that form."""
+    unit, _, spec = content_range.partition(" ")
+    first = spec.split("-", 1)[0]
+    return int(first) if unit == "bytes" and first.isdigit() else None
+
+
 def _count(n: int | None) -> str:
     return "?" if n is None else f"{n:,}"
 
@@ -177,6 +184,16 @@ def _transfer(url: str, part: Path, start: int, progress: bool) -> int:
             log.info("%s: the server does not resume downloads (no Range support); starting again", url)
             start = 0
         elif start:
+            # RFC 9110 lets a 206 start before the byte asked for: write from where the server starts
+            first = _range_start(r.headers.get("Content-Range", ""))
+            if first is None or first > start:
+                r.close()
+                part.unlink()
+                return _transfer(url, part, 0, progress)
+            if first < start:
+                with open(part, "r+b") as f:
+                    f.truncate(first)
+                start = first
             log.info("%s: resuming at %s bytes", part.name, f"{start:,}")
         if r.status_code not in (200, 206):
             raise FetchError(f"{url}: HTTP {r.status_code} {r.reason} (expected the file)")

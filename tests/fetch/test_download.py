@@ -36,6 +36,15 @@ def test_a_cut_download_resumes_with_range(served, tmp_path):
     assert dest.read_bytes() == data and not part.exists()
 
 
+def test_a_206_that_starts_early_is_written_where_it_starts(served, tmp_path):
+    root, data = served
+    dest = tmp_path / "f.bin"
+    dest.with_name("f.bin.part").write_bytes(data[:700_000])
+    with serve(root, range_slack=1000) as server:
+        got = download.http(f"{server.url}/f.bin", dest, size=len(data))
+    assert dest.read_bytes() == data and got.size == len(data)
+
+
 def part_size(server) -> int:
     return int(server.state.requests[-1][1][6:-1])
 

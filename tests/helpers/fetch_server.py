@@ -31,6 +31,7 @@ class ServerState:
     root: Path
     ranges: bool = True
     cut: set[str] = field(default_factory=set)  # URL paths whose next transfer stops halfway
+    range_slack: int = 0  # a 206 starts this many bytes before the byte asked for (block-aligned caches do)
     dataverse: dict[str, list[dict]] = field(default_factory=dict)  # doi -> [{"id", "path", "md5"?}]
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
 
@@ -97,7 +98,7 @@ class _Handler(SimpleHTTPRequestHandler):
         start = 0
         wanted = self.headers.get("Range")
         if wanted and self.state.ranges and wanted.startswith("bytes=") and wanted.endswith("-"):
-            start = int(wanted[6:-1])
+            start = max(0, int(wanted[6:-1]) - self.state.range_slack)
             if start >= len(data):
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{len(data)}")
