@@ -12,6 +12,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from filelock import FileLock
+
 from ssl4gie.fetch import download
 from ssl4gie.fetch.errors import FetchError
 from ssl4gie.fetch.registry import RemoteFile, Source, registry
@@ -139,7 +141,17 @@ def fetch(source: Source, paths: Paths, options: Options | None = None) -> Outco
             f"{source.name}: {status.detail} -- not as fetched; restore it, or move it away and fetch again"
         )
     store = paths.store(source)
-    remove_stale(store / DOWNLOADS, source.name)
+    (store / DOWNLOADS).mkdir(parents=True, exist_ok=True)
+    # one fetch of a source at a time (two shells, two cluster nodes sharing a disk): the other waits, then finds
+    # the source verified
+    with FileLock(str(store / DOWNLOADS / f"{source.name}.lock")):
+        if check(source, paths).state == "verified":
+            return Outcome(source, "nothing", "fetched meanwhile by another process")
+        remove_stale(store / DOWNLOADS, source.name)
+        return _fetch(source, paths, store, options)
+
+
+def _fetch(source: Source, paths: Paths, store: Path, options: Options) -> Outcome:
     if source.folder:
         return _from_folder(source, paths, options)
     if source.drive_folder:
@@ -279,9 +291,11 @@ def _archives(source: Source, store: Path, options: Options) -> Outcome:
             got = download.Received(archive, sha256_file(archive), archive.stat().st_size)
             _verify(source, file, got, lock, options, str(archive), by_hand=True)
         staging = downloads / f"{source.name}-{_stem(file.name)}.unpacking"
-        hashes = extract(archive, staging)
-        placed = place(staging, source.layout, source.move, target, archive, hashes)
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            hashes = extract(archive, staging)
+            placed = place(staging, source.layout, source.move, target, archive, hashes)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         lock.record_placement(rel, source.name, [f"{source.name}/{file.name}"], manifest_of(target, placed))
         if not options.keep_archives:
             archive.unlink()
