@@ -144,7 +144,7 @@ def fetch(source: Source, paths: Paths, options: Options | None = None) -> Outco
     (store / DOWNLOADS).mkdir(parents=True, exist_ok=True)
     # one fetch of a source at a time (two shells, two cluster nodes sharing a disk): the other waits, then finds
     # the source verified
-    with FileLock(str(store / DOWNLOADS / f"{source.name}.lock")):
+    with FileLock(str(store / DOWNLOADS / f"{source.name.replace(':', '--')}.lock")):
         if check(source, paths).state == "verified":
             return Outcome(source, "nothing", "fetched meanwhile by another process")
         remove_stale(store / DOWNLOADS, source.name)
