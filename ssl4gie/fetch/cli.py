@@ -76,13 +76,27 @@ def _pins(values: list[str], sources: list[Source]) -> dict[str, str]:
     return pins
 
 
+def origin_of(source: Source) -> str:
+    """Where a source's files come from, as a URL or DOI a person can open."""
+    if source.drive_folder:
+        return f"https://drive.google.com/drive/folders/{source.drive_folder}"
+    if source.dataverse:
+        return f"{source.dataverse[0]} (doi:{source.dataverse[1]})"
+    if source.folder:
+        return f"a file of the source {source.folder} ({source.page})"
+    first = source.files[0] if source.files else None
+    if first is not None and first.drive:
+        return f"https://drive.google.com/uc?id={first.drive}"
+    return (first.url if first is not None else None) or source.page
+
+
 def _list() -> None:
     from ssl4gie.fetch.registry import registry
 
     for source in registry().values():
-        origin = source.files[0].url or source.files[0].drive if source.files else source.drive_folder
+        origin = origin_of(source)
         login = f"  [needs {source.login}]" if source.login else ""
-        print(f"{source.name}: {source.title}{login}\n    {source.command}\n    from {origin or source.page}")
+        print(f"{source.name}: {source.title}{login}\n    {source.command}\n    from {origin}")
         for licence in source.licence:
             print(f"    licence: {licence}")
 

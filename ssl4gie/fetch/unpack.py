@@ -100,7 +100,9 @@ def find_layout(staging: Path, name: str, archive: Path, max_depth: int = 3) -> 
     )
 
 
-def place(staging: Path, layout: str, move: str | None, target: Path, archive: Path, hashes: dict[str, str]):
+def place(
+    staging: Path, layout: str, move: str | None, target: Path, archive: Path, hashes: dict[str, str]
+) -> dict[str, str]:
     """Rename the folder of ``staging`` that holds ``layout`` (or its sub-folder ``move``) to ``target``.
     Returns the sha256s of the files placed, relative to ``target``."""
     found = find_layout(staging, layout, archive)

@@ -31,7 +31,7 @@ from ssl4gie.fetch.errors import FetchError
 
 LOCK_NAME = "fetch.lock.json"
 MANIFESTS = ".fetch-manifests"
-STATES = ("verified", "present", "missing", "changed", "needs login")
+STATES = ("verified", "present", "missing", "changed")
 CHUNK = 1 << 22
 
 

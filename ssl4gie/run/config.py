@@ -34,6 +34,7 @@ NOT_IDENTITY = (
     "dataset.root",
     "dataset.download",
     "dataset.source",  # where ``python -m ssl4gie.fetch`` gets the data (conf/source/), not what a run reads
+    "source",  # conf/source/ is read by ssl4gie.fetch only; a `source=...` typed on a run changes nothing
     "dataset.synthetic",
     # Where the initial weights are found is not what they are: the fingerprint records their content instead
     # (``initial_weights``), so a moved or renamed identical file is the same experiment and a replaced one is not.

@@ -95,6 +95,17 @@ def test_fetch_verify_unpack_then_a_second_fetch_downloads_nothing(mirror, paths
     assert status.state == "verified" and "9 file(s)" in status.detail
 
 
+def test_data_placed_by_hand_is_present_and_left_alone(mirror, paths):
+    write_kvasir_seg(paths.data / "Kvasir-SEG", n=2, size_range=(40, 48))
+    source = registry()["kvasir_seg"]
+    status = check(source, paths)
+    assert status.state == "present" and status.ready and "not placed by ssl4gie.fetch" in status.detail
+    with serve(mirror) as server:
+        assert fetch(source, paths, Options(mirror=server.url, progress=False)).action == "kept"
+        assert server.state.requests == []
+    assert len(list((paths.data / "Kvasir-SEG" / "images").iterdir())) == 2
+
+
 def test_check_reports_a_changed_added_or_missing_file(mirror, paths):
     source = registry()["kvasir_seg"]
     pin = {"kvasir-seg.zip": sha256(mirror / "kvasir-seg.zip")}
