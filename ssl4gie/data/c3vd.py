@@ -1,9 +1,11 @@
 """C3VD (monocular depth): the reader of the on-disk layout, the split by video, and the torch Dataset.
 
-Layouts accepted (SPEC 3.4, 11.10): the study's early release ``<root>/<sequence>_under_review/<code>/`` and the
-current public release, one folder per video such as ``<root>/cecum_t1_a/`` (with or without ``_under_review``).
-A video folder is any folder at depth 1 or 2 under the root that holds ``NNNN_color.png`` frames; it is identified
-by its sequence name or video code through the split table ``c3vd_splits.yaml`` (data, not code). A folder the
+Layouts accepted (SPEC 3.4, 11.10): the study's early release ``<root>/<sequence>_under_review/<code>/``, the
+later Google Drive release, one folder per video such as ``<root>/cecum_t1_a/`` (with or without ``_under_review``),
+and the Dataverse release's names (``<root>/c1_cecum_t1_v1/``, video code ``c1v1``). Frame names are zero-padded
+(``0005_color.png``, since May 2023) or not (``5_color.png``). A video folder is any folder at depth 1 or 2 under the
+root that holds ``NNNN_color.png`` frames; it is identified by its sequence name or video code through the split
+table ``c3vd_splits.yaml`` (data, not code); names are matched by :func:`ssl4gie.data.layouts.c3vd_video_keys`. A folder the
 table does not know is reported and left out (``dataset.unknown_videos: skip``) or is an error (``error``); it is
 never put into training. Depth files are 16-bit TIFFs: 0..65535 encodes 0..``max_depth_mm`` (100 mm), 0 = no depth.
 One constant, 65535, turns them into [0, 1] everywhere (training, validation, test; the study used 65536 at test).
@@ -25,6 +27,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ssl4gie.data import cache as decoded_cache
+from ssl4gie.data import layouts
 from ssl4gie.data.readers import ensure_root, is_hidden, log_hidden, open_image, visible_files
 from ssl4gie.data.splits import DEFAULT_FOLD_SEED, SplitOptions
 from ssl4gie.data.transforms import normalize, photometric
@@ -37,7 +40,6 @@ STUDY_TABLE = Path(__file__).with_name("c3vd_splits.yaml")
 SPLITS = ("train", "val", "test")
 UNKNOWN_VIDEOS = ("skip", "error")
 COLOR, DEPTH = "_color.png", "_depth.tiff"
-EARLY_RELEASE_SUFFIX = "_under_review"
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I" (32-bit int) only if values fit 16 bits
 _MODE_BITS = {
     "1": "1-bit",
@@ -49,8 +51,9 @@ _MODE_BITS = {
     "F": "32-bit float",
 }
 LAYOUT = (
-    "<root>/<sequence>_under_review/<video code>/NNNN_color.png + NNNN_depth.tiff (the study's release) or "
-    "<root>/<sequence>/NNNN_color.png + NNNN_depth.tiff (the current release, e.g. <root>/cecum_t1_a/)"
+    "<root>/<sequence>_under_review/<video code>/NNNN_color.png + NNNN_depth.tiff (the study's release), "
+    "<root>/<sequence>/NNNN_color.png + NNNN_depth.tiff (e.g. <root>/cecum_t1_a/) or "
+    "<root>/<code prefix>_<sequence>_<video>/... (the Dataverse release, e.g. <root>/c1_cecum_t1_v1/)"
 )
 
 
@@ -135,7 +138,7 @@ class PadGeometry:
 
 @dataclass(frozen=True)
 class DepthFrame:
-    name: str  # "<code>_<NNNN>", unique over the dataset
+    name: str  # "<code>_<NNNN>" (zero-padded, as the May 2023 release names frames), unique over the dataset
     video: str  # video code
     number: int
     image: Path
@@ -183,7 +186,7 @@ def _identify(folder: Path, root: Path, table: list[VideoEntry]) -> VideoEntry |
     keys = {}
     for entry in table:
         keys[entry.sequence], keys[entry.code] = entry, entry
-    names = [p.lower().removesuffix(EARLY_RELEASE_SUFFIX) for p in folder.relative_to(root).parts]
+    names = {key for part in folder.relative_to(root).parts for key in layouts.c3vd_video_keys(part)}
     found = {keys[n] for n in names if n in keys}
     return found.pop() if len(found) == 1 else None
 
@@ -212,6 +215,7 @@ class C3VD:
         split: str = "study",
         download: str | None = None,
         synthetic: dict | None = None,
+        source: str | None = None,
         unknown_videos: str = "skip",
         max_depth_mm: float = 100.0,
         train_fraction: float = 1.0,
@@ -233,8 +237,9 @@ class C3VD:
         self.split_name = split
         self.table = load_split_table("study" if split in ("all", "test") else split)
         self.root = ensure_root(
-            root, self.title, LAYOUT, download, synthetic, self._writer(), demo="demo_depth"
-        )
+            layouts.find_root(root, "c3vd", self.title),
+            self.title, LAYOUT, download, synthetic, self._writer(), demo="demo_depth", source=source,
+        )  # fmt: skip
         self.split_of = {e.code: e.split for e in self.table}  # video code -> split
         self.videos = self._find_videos(unknown_videos)
         hidden: list[Path] = []
@@ -319,7 +324,8 @@ class C3VD:
             depth = folder / f"{stem}{DEPTH}"
             if not depth.is_file():
                 raise DatasetError(f"colour frame {image} has no depth file: expected {depth}")
-            frames.append(DepthFrame(f"{entry.code}_{stem}", entry.code, int(stem), image, depth))
+            # named as the zero-padded release names it, whichever release's names the files have
+            frames.append(DepthFrame(f"{entry.code}_{int(stem):04d}", entry.code, int(stem), image, depth))
         frames.sort(key=lambda f: (f.number, f.image.name))  # numerically: 2 before 10 without zero padding
         # A quick look at one depth file per video fails an 8-bit copy before any model is built.
         read_depth(frames[0].depth)

@@ -21,6 +21,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ssl4gie.data import layouts
 from ssl4gie.data.readers import ensure_root, list_images, log_hidden, open_image, require_dir
 from ssl4gie.data.splits import DEFAULT_FOLD_SEED, SplitOptions, choose_split
 from ssl4gie.data.synthetic import write_kvasir_seg
@@ -133,6 +134,7 @@ class KvasirDetection:
         split: str = "study",
         download: str | None = None,
         synthetic: dict | None = None,
+        source: str | None = None,
         train_fraction: float = 1.0,
         fraction_seed: int = 0,
         folds: int | None = None,
@@ -144,7 +146,10 @@ class KvasirDetection:
         )
         self.name, self.task, self.split_name, self.download = name, task, split, download
         self._splits: dict[str, list[int]] | None = None
-        self.root = ensure_root(root, self.title, self.layout, download, synthetic, write_kvasir_seg)
+        root = layouts.find_root(root, "kvasir_det", self.title)
+        self.root = ensure_root(
+            root, self.title, self.layout, download, synthetic, write_kvasir_seg, source=source
+        )
         self.box_file = self._find_box_file()
         self.items = self._read()
 

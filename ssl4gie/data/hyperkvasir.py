@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ssl4gie.data import cache as decoded_cache
+from ssl4gie.data import layouts
 from ssl4gie.data.readers import ensure_root, is_hidden, log_hidden, open_image, require_dir, visible_files
 from ssl4gie.data.splits import (
     DEFAULT_FOLD_SEED,
@@ -100,6 +101,7 @@ class HyperKvasir:
         split: str = "study",
         download: str | None = None,
         synthetic: dict | None = None,
+        source: str | None = None,
         classes: Sequence[str] | None = None,
         study_size: int | None = None,
         train_fraction: float = 1.0,
@@ -120,8 +122,9 @@ class HyperKvasir:
         self.name, self.task, self.split_name, self.category = name, task, split, category
         self.download = download
         self.root = ensure_root(
-            root, self.title, LAYOUT, download, synthetic, write_synthetic, demo="demo_classification"
-        )
+            layouts.find_root(root, "hyperkvasir_labelled", self.title),
+            self.title, LAYOUT, download, synthetic, write_synthetic, demo="demo_classification", source=source,
+        )  # fmt: skip
         official_path = Path(str(official_split_file)).expanduser()
         # relative to the root, so that a run's identity does not depend on where the data lies
         self.official_split_file = official_path if official_path.is_absolute() else self.root / official_path

@@ -82,11 +82,13 @@ def ensure_root(
     synthetic: dict | None,
     writer: Callable[..., Path] | None,
     demo: str = "demo",
+    source: str | None = None,
 ) -> Path:
     """Return ``root`` as a Path, writing synthetic data there first if asked and it is missing.
 
-    A missing root is a DatasetError that says where we looked, the layout expected, where to download the data and
-    how to run the demo (``experiment=<demo>``) instead.
+    A missing root is a DatasetError that says where we looked, the layout expected, the command that fetches it
+    (``source``: its name for ``python -m ssl4gie.fetch``), where to download it and how to run the demo
+    (``experiment=<demo>``) instead.
     """
     root = Path(root).expanduser()
     if synthetic and writer is not None and not root.exists():
@@ -97,6 +99,8 @@ def ensure_root(
                 writer(root, **dict(synthetic))
     if not root.is_dir():
         where = f" Download it from {download}, unpack it and" if download else " Put it there or"
+        if source:
+            where = f" Fetch it with `python -m ssl4gie.fetch {source}`, or{where[1:].replace('Put', 'put')}"
         raise DatasetMissing(
             f"{title} not found: {root} does not exist (option dataset.root). Expected layout: {layout}.{where} "
             f"pass dataset.root=PATH (or set paths.data_dir). To try ssl4gie without data: python run.py experiment={demo}"

@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ssl4gie.data import cache as decoded_cache
+from ssl4gie.data import layouts
 from ssl4gie.data.readers import ensure_root, list_images, log_hidden, open_image, require_dir
 from ssl4gie.data.splits import DEFAULT_FOLD_SEED, SplitOptions, choose_split
 from ssl4gie.data.transforms import SegmentationTrainTransform, normalize
@@ -42,6 +43,7 @@ class SegmentationFolders:
     title = ""
     image_dir = ""
     mask_dir = ""
+    layout_name = ""  # in ssl4gie.data.layouts: where the root really is, as archives unpack
 
     def __init__(
         self,
@@ -51,6 +53,7 @@ class SegmentationFolders:
         split: str = "study",
         download: str | None = None,
         synthetic: dict | None = None,
+        source: str | None = None,
         train_fraction: float = 1.0,
         fraction_seed: int = 0,
         folds: int | None = None,
@@ -65,8 +68,15 @@ class SegmentationFolders:
         self.layout = (
             f"<root>/{self.image_dir}/<id>.<jpg|png|tif> and <root>/{self.mask_dir}/<id>.<jpg|png|tif>"
         )
-        self.root = ensure_root(root, self.title, self.layout, download, synthetic, self._writer())
+        root = layouts.find_root(root, self.layout_name, self.title) if self.layout_name else root
+        self.root = ensure_root(
+            root, self.title, self.layout, download, synthetic, self._writer(), source=source
+        )
+        self._find_dirs()
         self.items = self._pair()
+
+    def _find_dirs(self) -> None:
+        """Set ``image_dir`` / ``mask_dir`` to the names this copy uses (the class's names by default)."""
 
     @staticmethod
     def _writer():
@@ -112,6 +122,7 @@ class KvasirSeg(SegmentationFolders):
     title = "Kvasir-SEG"
     image_dir = "images"
     mask_dir = "masks"
+    layout_name = "kvasir_seg"
 
     @staticmethod
     def _writer():
@@ -121,9 +132,13 @@ class KvasirSeg(SegmentationFolders):
 
 
 class CVCClinicDB(SegmentationFolders):
+    """CVC-ClinicDB as released (``Original/``, ``Ground Truth/``), or Kaggle's copy whose root holds ``PNG/`` and
+    ``TIF/`` with those two folders each: ``TIF/`` is read (the original's format) and the log says so."""
+
     title = "CVC-ClinicDB"
     image_dir = "Original"
     mask_dir = "Ground Truth"
+    layout_name = "cvc_clinicdb"
 
     @staticmethod
     def _writer():
@@ -139,11 +154,18 @@ class PraNetFolders(KvasirSeg):
     Kvasir-SEG's layout, so Kvasir-SEG's reader: pairing by file name, masks binarised at half intensity after
     conversion to greyscale (these masks are PNG 0/255, some RGB). ``title`` names the set in errors and logs.
     The default ``split`` is ``all`` (these are evaluation sets); ``split=study`` trains on them as on any other.
+    Copies with singular ``image/`` + ``mask/`` folders are read too, and a test archive that unpacked doubly
+    nested (``TestDataset/TestDataset/<set>``) is found from the expected ``TestDataset/<set>``.
     """
+
+    layout_name = "pranet_set"
 
     def __init__(self, root: str, name: str, title: str, split: str = "all", **kwargs) -> None:
         self.title = title
         super().__init__(root, name, split=split, **kwargs)
+
+    def _find_dirs(self) -> None:
+        self.image_dir, self.mask_dir = layouts.pair_dirs(self.root, self.title)
 
     @staticmethod
     def _writer():

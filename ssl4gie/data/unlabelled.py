@@ -44,6 +44,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from ssl4gie.data import cache as decoded_cache
+from ssl4gie.data import layouts
 from ssl4gie.data.readers import IMAGE_SUFFIXES, ensure_root, is_hidden, log_hidden, open_image, visible_files
 from ssl4gie.errors import ConfigError, DatasetError
 from ssl4gie.utils.io import write_text
@@ -137,9 +138,13 @@ class HyperKvasirUnlabelled(_Frames):
         synthetic: dict | None = None,
         decode_size: int | None = DEFAULT_DECODE_SIZE,
         expected_count: int | None = None,
+        source: str | None = None,
     ) -> None:
         super().__init__(name, task, decode_size)
-        self.root = ensure_root(root, self.title, HK_LAYOUT, download, synthetic, _write_synthetic)
+        root = layouts.find_root(root, "hyperkvasir_unlabelled", self.title)
+        self.root = ensure_root(
+            root, self.title, HK_LAYOUT, download, synthetic, _write_synthetic, source=source
+        )
         folder = self.root / UNLABELED
         if not folder.is_dir():
             found = sorted(p.name for p in self.root.iterdir() if not is_hidden(p))[:8]

@@ -32,6 +32,8 @@ NOT_IDENTITY = (
     "backbone.random_init",  # a description for the log
     "dataset.root",
     "dataset.download",
+    "dataset.source",  # where ``python -m ssl4gie.fetch`` gets the data (conf/source/), not what a run reads
+    "source",  # conf/source/ is read by ssl4gie.fetch only; a `source=...` typed on a run changes nothing
     "dataset.synthetic",
     # Where the initial weights are found is not what they are: the fingerprint records their content instead
     # (``initial_weights``), so a moved or renamed identical file is the same experiment and a replaced one is not.
@@ -40,6 +42,7 @@ NOT_IDENTITY = (
     "pretraining.urls",
     "pretraining.hub",
     "pretraining.license",
+    "pretraining.source",  # hashes and logins ``python -m ssl4gie.fetch`` uses; the content counts, by its sha256
     "launcher",
     "logger",  # an experiment tracker records a run, it never changes what the run computes
     # pretraining: the recipes of the other backbones (the chosen one is ssl.recipe), where the export is copied,

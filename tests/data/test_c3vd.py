@@ -83,7 +83,7 @@ def test_frames_are_sorted_numerically(tmp_path: Path) -> None:
             (folder / f"{old}_{kind}").rename(folder / f"{new}_{kind}")
     reader = C3VD(str(root))
     test = [reader.items[i].name for i in reader.splits()["test"]]
-    assert test[:3] == ["t2v2_2", "t2v2_9", "t2v2_10"]
+    assert test[:3] == ["t2v2_0002", "t2v2_0009", "t2v2_0010"]  # named as the zero-padded release names them
 
 
 def test_unknown_video_is_reported_and_excluded(study_root: Path, tmp_path: Path, caplog) -> None:
