@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +29,7 @@ from torchvision.transforms import v2
 
 from ssl4gie.data import cache as decoded_cache
 from ssl4gie.data import layouts
-from ssl4gie.data.readers import ensure_root, is_hidden, log_hidden, open_image, visible_files
-from ssl4gie.data.splits import DEFAULT_FOLD_SEED, SplitOptions
+from ssl4gie.data.readers import Reader, is_hidden, log_hidden, open_image, visible_files
 from ssl4gie.data.transforms import normalize, photometric
 from ssl4gie.errors import ConfigError, DatasetError
 
@@ -195,7 +195,7 @@ def _holds_frames(folder: Path) -> bool:
     return any(p.name.endswith(COLOR) for p in visible_files(folder))
 
 
-class C3VD:
+class C3VD(Reader):
     """Reader of C3VD's registered videos: ``items`` (frames in split-table order) and ``splits()``.
 
     Args mirror the other readers (``root``, ``name``, ``task``, ``split``, ``download``, ``synthetic``), plus
@@ -206,6 +206,9 @@ class C3VD:
     """
 
     title = "C3VD"
+    layout = LAYOUT
+    layout_name = "c3vd"
+    demo = "demo_depth"
 
     def __init__(
         self,
@@ -213,33 +216,18 @@ class C3VD:
         name: str = "c3vd",
         task: str = "depth",
         split: str = "study",
-        download: str | None = None,
-        synthetic: dict | None = None,
-        source: str | None = None,
         unknown_videos: str = "skip",
         max_depth_mm: float = 100.0,
-        train_fraction: float = 1.0,
-        fraction_seed: int = 0,
-        folds: int | None = None,
-        fold: int = 0,
-        fold_seed: int = DEFAULT_FOLD_SEED,
+        **options: Any,
     ) -> None:
         if unknown_videos not in UNKNOWN_VIDEOS:
             raise ConfigError(
                 f"dataset.unknown_videos={unknown_videos} is not valid; valid: {', '.join(UNKNOWN_VIDEOS)}"
             )
-        self.split_options = SplitOptions(
-            split, train_fraction, fraction_seed, 1, folds, fold, fold_seed, dataset=name
-        )
-        self._splits: dict[str, list[int]] | None = None
-        self.name, self.task, self.download, self.max_depth_mm = name, task, download, float(max_depth_mm)
         # all / test: the study's table decides which videos exist; ``splits()`` then regroups them
-        self.split_name = split
         self.table = load_split_table("study" if split in ("all", "test") else split)
-        self.root = ensure_root(
-            layouts.find_root(root, "c3vd", self.title),
-            self.title, LAYOUT, download, synthetic, self._writer(), demo="demo_depth", source=source,
-        )  # fmt: skip
+        self.max_depth_mm = float(max_depth_mm)
+        super().__init__(root, name, task, split, **options)
         self.split_of = {e.code: e.split for e in self.table}  # video code -> split
         self.videos = self._find_videos(unknown_videos)
         hidden: list[Path] = []
@@ -259,7 +247,7 @@ class C3VD:
         )
 
     @staticmethod
-    def _writer():
+    def synthetic_writer():
         from ssl4gie.data.synthetic import write_c3vd
 
         return write_c3vd
@@ -331,17 +319,12 @@ class C3VD:
         read_depth(frames[0].depth)
         return frames
 
-    def splits(self) -> dict[str, list[int]]:
-        """Index lists into ``items`` for train/val/test, each in split-table order, frames numerically;
-        ``dataset.split=all``: every frame in ``test`` (train and val empty). Folds and a label fraction
-        (:meth:`SplitOptions.apply`) take whole videos. Computed once per reader."""
-        if self._splits is None:
-            self._splits = self.split_options.apply(
-                self._table_split, groups=[frame.video for frame in self.items]
-            )
-        return self._splits
+    def split_groups(self) -> dict[str, Any]:
+        """Folds and label fractions take whole videos."""
+        return {"groups": [frame.video for frame in self.items]}
 
-    def _table_split(self) -> dict[str, list[int]]:
+    def base_split(self) -> dict[str, list[int]]:
+        """Each split in split-table order, frames numerically; ``dataset.split=all``: every frame in ``test``."""
         if self.split_name == "all":
             return {"train": [], "val": [], "test": list(range(len(self.items)))}
         return {s: [i for i, f in enumerate(self.items) if self.split_of[f.video] == s] for s in SPLITS}

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,9 +23,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ssl4gie.data import layouts
-from ssl4gie.data.readers import ensure_root, list_images, log_hidden, open_image, require_dir
-from ssl4gie.data.splits import DEFAULT_FOLD_SEED, SplitOptions, choose_split
+from ssl4gie.data.readers import Reader, list_images, log_hidden, open_image, require_dir
 from ssl4gie.data.synthetic import write_kvasir_seg
 from ssl4gie.data.transforms import photometric
 from ssl4gie.errors import DatasetError
@@ -112,7 +112,7 @@ def image_size(path: Path) -> tuple[int, int]:
     return height, width
 
 
-class KvasirDetection:
+class KvasirDetection(Reader):
     """Kvasir-SEG's polyp boxes: ``<root>/images/<id>.jpg`` and ``<root>/kavsir_bboxes.json`` (or
     ``bounding-boxes.json``, the name the study's code reads).
 
@@ -125,33 +125,16 @@ class KvasirDetection:
 
     title = "Kvasir-SEG"
     layout = "<root>/images/<id>.jpg and <root>/kavsir_bboxes.json (or bounding-boxes.json)"
+    layout_name = "kvasir_det"
 
-    def __init__(
-        self,
-        root: str,
-        name: str,
-        task: str = "detection",
-        split: str = "study",
-        download: str | None = None,
-        synthetic: dict | None = None,
-        source: str | None = None,
-        train_fraction: float = 1.0,
-        fraction_seed: int = 0,
-        folds: int | None = None,
-        fold: int = 0,
-        fold_seed: int = DEFAULT_FOLD_SEED,
-    ) -> None:
-        self.split_options = SplitOptions(
-            split, train_fraction, fraction_seed, 1, folds, fold, fold_seed, dataset=name
-        )
-        self.name, self.task, self.split_name, self.download = name, task, split, download
-        self._splits: dict[str, list[int]] | None = None
-        root = layouts.find_root(root, "kvasir_det", self.title)
-        self.root = ensure_root(
-            root, self.title, self.layout, download, synthetic, write_kvasir_seg, source=source
-        )
+    def __init__(self, root: str, name: str, task: str = "detection", **options: Any) -> None:
+        super().__init__(root, name, task, **options)
         self.box_file = self._find_box_file()
         self.items = self._read()
+
+    @staticmethod
+    def synthetic_writer() -> Callable[..., Path]:
+        return write_kvasir_seg
 
     def _find_box_file(self) -> Path:
         for candidate in BOX_FILES:
@@ -195,14 +178,6 @@ class KvasirDetection:
                 next(iter(boxes)),
             )
         return items
-
-    def splits(self) -> dict[str, list[int]]:
-        """Index lists into ``items`` for train/val/test of ``dataset.split`` (see :func:`choose_split`), folds
-        and label fraction applied (:meth:`SplitOptions.apply`): the same lists as Kvasir-SEG's segmentation
-        reader with the same options. Computed once per reader."""
-        if self._splits is None:
-            self._splits = self.split_options.apply(lambda: choose_split(self.split_name, len(self.items)))
-        return self._splits
 
 
 # ---------------------------------------------------------------------------------------------- box geometry

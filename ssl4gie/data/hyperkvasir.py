@@ -12,11 +12,11 @@ and the image order are the study's, because the split indices (SPEC 2.3) refer 
 from __future__ import annotations
 
 import csv
-import functools
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,14 +25,10 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ssl4gie.data import cache as decoded_cache
-from ssl4gie.data import layouts
-from ssl4gie.data.readers import ensure_root, is_hidden, log_hidden, open_image, require_dir, visible_files
+from ssl4gie.data.readers import Reader, is_hidden, log_hidden, open_image, require_dir, visible_files
 from ssl4gie.data.splits import (
-    DEFAULT_FOLD_SEED,
     OFFICIAL,
     OFFICIAL_SPLIT_FILE,
-    SplitOptions,
-    choose_split,
     holdout_split,
 )
 from ssl4gie.data.transforms import normalize, photometric
@@ -73,7 +69,7 @@ class HyperKvasirItem:
     class_name: str
 
 
-class HyperKvasir:
+class HyperKvasir(Reader):
     """The labelled images of one HyperKvasir category as the study reads them.
 
     ``items`` lists every image in the study's order; ``class_names[i]`` is the name of class id ``i``.
@@ -91,6 +87,10 @@ class HyperKvasir:
     """
 
     title = "HyperKvasir (labelled images)"
+    layout = LAYOUT
+    layout_name = "hyperkvasir_labelled"
+    demo = "demo_classification"
+    official = True
 
     def __init__(
         self,
@@ -98,44 +98,27 @@ class HyperKvasir:
         name: str,
         category: str,
         task: str = "classification",
-        split: str = "study",
-        download: str | None = None,
-        synthetic: dict | None = None,
-        source: str | None = None,
         classes: Sequence[str] | None = None,
         study_size: int | None = None,
-        train_fraction: float = 1.0,
-        fraction_seed: int = 0,
-        fraction_min_per_class: int = 1,
-        folds: int | None = None,
-        fold: int = 0,
-        fold_seed: int = DEFAULT_FOLD_SEED,
         official_split_file: str = OFFICIAL_SPLIT_FILE,
         official_split_columns: Mapping[str, str] | None = None,
         official_split_delimiter: str = ";",
+        **options: Any,
     ) -> None:
         if category not in CATEGORIES:
             raise ConfigError(f"dataset.category={category} is not valid; valid: {', '.join(CATEGORIES)}")
-        self.split_options = SplitOptions(
-            split, train_fraction, fraction_seed, fraction_min_per_class, folds, fold, fold_seed, True, name
-        )
-        self.name, self.task, self.split_name, self.category = name, task, split, category
-        self.download = download
-        self.root = ensure_root(
-            layouts.find_root(root, "hyperkvasir_labelled", self.title),
-            self.title, LAYOUT, download, synthetic, write_synthetic, demo="demo_classification", source=source,
-        )  # fmt: skip
+        self.category = category
+        super().__init__(root, name, task, **options)
         official_path = Path(str(official_split_file)).expanduser()
         # relative to the root, so that a run's identity does not depend on where the data lies
         self.official_split_file = official_path if official_path.is_absolute() else self.root / official_path
         self.official_columns = {**OFFICIAL_COLUMNS, **dict(official_split_columns or {})}
         self.official_delimiter = str(official_split_delimiter)
         self.official_folds: int | None = None  # set when an official split is read
-        self._splits: dict[str, list[int]] | None = None
         self.class_names, self.items = self._scan()
         if classes is not None:
             self._check_classes([str(c) for c in classes])
-        if study_size is not None and len(self.items) != study_size and not synthetic:
+        if study_size is not None and len(self.items) != study_size and not options.get("synthetic"):
             log.warning(
                 "%s: found %d images in %s, the release the study used has %d: the split is the study's "
                 "algorithm but not its published indices",
@@ -207,17 +190,17 @@ class HyperKvasir:
             f"(sorted folder paths) is {self.class_names}; fix the order in the dataset config"
         )
 
-    def splits(self) -> dict[str, list[int]]:
-        """Index lists into ``items`` for train/val/test of ``dataset.split`` (:func:`choose_split`, or
-        :meth:`official_split`), folds and label fraction applied (:meth:`SplitOptions.apply`; stratified by
-        class). Computed once per reader."""
-        if self._splits is None:
-            if self.split_name == OFFICIAL:
-                base = self.official_split
-            else:
-                base = functools.partial(choose_split, self.split_name, len(self.items))
-            self._splits = self.split_options.apply(base, labels=self.labels, class_names=self.class_names)
-        return self._splits
+    @staticmethod
+    def synthetic_writer() -> Callable[..., Path]:
+        return write_synthetic
+
+    def base_split(self) -> dict[str, list[int]]:
+        """``dataset.split``: the study's seeded split (:func:`choose_split`) or :meth:`official_split`."""
+        return self.official_split() if self.split_name == OFFICIAL else super().base_split()
+
+    def split_groups(self) -> dict[str, Any]:
+        """Folds and label fractions are stratified by class."""
+        return {"labels": self.labels, "class_names": self.class_names}
 
     def official_split(self) -> dict[str, list[int]]:
         """``dataset.split=official``: fold ``dataset.fold`` of the official file is the test split; validation

@@ -1,14 +1,18 @@
-"""Shared pieces of the dataset readers: root checks, image decoding with clear errors, synthetic fallback."""
+"""Shared pieces of the dataset readers: their base class, root checks, image decoding with clear errors,
+synthetic fallback."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 from PIL import Image, UnidentifiedImageError
 
+from ssl4gie.data import layouts
+from ssl4gie.data.splits import DEFAULT_FOLD_SEED, SplitOptions, choose_split
 from ssl4gie.errors import DatasetError, DatasetMissing
 
 log = logging.getLogger(__name__)
@@ -117,3 +121,78 @@ def require_dir(root: Path, sub: str, title: str, layout: str) -> Path:
             f"{root} does not look like {title}: it has no '{sub}/' folder (found: {found}). Expected layout: {layout}"
         )
     return folder
+
+
+class Reader:
+    """What every labelled dataset reader shares: the options of its config (``root``, ``name``, ``task``,
+    ``split``, ``download``, ``synthetic``, ``source`` and the split options of
+    :class:`~ssl4gie.data.splits.SplitOptions`), its root found where the archive really unpacks
+    (:func:`ssl4gie.data.layouts.find_root`, for a reader with a ``layout_name``) and checked, or synthetic data
+    written there, and :meth:`splits` computed once.
+
+    A subclass sets the class attributes below, reads its ``items`` after calling this constructor, and overrides
+    :meth:`base_split` / :meth:`split_groups` where its split is not the study's seeded 80/10/10 over the items.
+    """
+
+    title = ""  # the dataset's name in messages
+    layout = ""  # the layout expected under the root, in messages
+    layout_name = ""  # its entry in ssl4gie.data.layouts (where archives put the root); "" for none
+    demo = "demo"  # the experiment that runs on synthetic data instead
+    official = False  # whether the dataset has an official split (dataset.split=official)
+
+    def __init__(
+        self,
+        root: str,
+        name: str,
+        task: str,
+        split: str = "study",
+        download: str | None = None,
+        synthetic: dict | None = None,
+        source: str | None = None,
+        train_fraction: float = 1.0,
+        fraction_seed: int = 0,
+        fraction_min_per_class: int = 1,
+        folds: int | None = None,
+        fold: int = 0,
+        fold_seed: int = DEFAULT_FOLD_SEED,
+    ) -> None:
+        self.split_options = SplitOptions(
+            split,
+            train_fraction,
+            fraction_seed,
+            fraction_min_per_class,
+            folds,
+            fold,
+            fold_seed,
+            self.official,
+            name,
+        )
+        self.name, self.task, self.split_name, self.download = name, task, split, download
+        self.items: list = []
+        self._splits: dict[str, list[int]] | None = None
+        if self.layout_name:
+            root = layouts.find_root(root, self.layout_name, self.title)
+        self.root = ensure_root(
+            root, self.title, self.layout, download, synthetic, self.synthetic_writer(), self.demo, source
+        )
+
+    @staticmethod
+    def synthetic_writer() -> Callable[..., Path] | None:
+        """The function that writes synthetic data in this layout (``dataset.synthetic``); None: none."""
+        return None
+
+    def splits(self) -> dict[str, list[int]]:
+        """Index lists into ``items`` for train/val/test: :meth:`base_split`, folds and label fraction applied
+        (:meth:`SplitOptions.apply`, grouped as :meth:`split_groups` says). Computed once per reader."""
+        if self._splits is None:
+            self._splits = self.split_options.apply(self.base_split, **self.split_groups())
+        return self._splits
+
+    def base_split(self) -> dict[str, list[int]]:
+        """The split of ``dataset.split`` before folds and fractions: :func:`choose_split` over the items."""
+        return choose_split(self.split_name, len(self.items))
+
+    def split_groups(self) -> dict[str, Any]:
+        """What folds and fractions keep together (``labels``/``class_names``: stratified by class; ``groups``:
+        whole groups, e.g. videos); nothing by default."""
+        return {}

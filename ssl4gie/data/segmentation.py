@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +19,7 @@ from torch.utils.data import Dataset
 
 from ssl4gie.data import cache as decoded_cache
 from ssl4gie.data import layouts
-from ssl4gie.data.readers import ensure_root, list_images, log_hidden, open_image, require_dir
-from ssl4gie.data.splits import DEFAULT_FOLD_SEED, SplitOptions, choose_split
+from ssl4gie.data.readers import Reader, list_images, log_hidden, open_image, require_dir
 from ssl4gie.data.transforms import SegmentationTrainTransform, normalize
 from ssl4gie.errors import DatasetError
 
@@ -33,54 +33,24 @@ class SegmentationItem:
     mask: Path
 
 
-class SegmentationFolders:
-    """A dataset with one folder of images and one folder of masks that share file names.
+class SegmentationFolders(Reader):
+    """A dataset with one folder of images and one folder of masks that share file names; the options are those of
+    every reader (:class:`~ssl4gie.data.readers.Reader`), the split the study's seeded 80/10/10 over the sorted
+    image list."""
 
-    ``train_fraction``, ``fraction_seed``, ``folds``, ``fold``, ``fold_seed``: a label fraction and k-fold
-    cross-validation over the sorted image list (:class:`ssl4gie.data.splits.SplitOptions`).
-    """
-
-    title = ""
     image_dir = ""
     mask_dir = ""
-    layout_name = ""  # in ssl4gie.data.layouts: where the root really is, as archives unpack
 
-    def __init__(
-        self,
-        root: str,
-        name: str,
-        task: str = "segmentation",
-        split: str = "study",
-        download: str | None = None,
-        synthetic: dict | None = None,
-        source: str | None = None,
-        train_fraction: float = 1.0,
-        fraction_seed: int = 0,
-        folds: int | None = None,
-        fold: int = 0,
-        fold_seed: int = DEFAULT_FOLD_SEED,
-    ) -> None:
-        self.split_options = SplitOptions(
-            split, train_fraction, fraction_seed, 1, folds, fold, fold_seed, dataset=name
-        )
-        self.name, self.task, self.split_name, self.download = name, task, split, download
-        self._splits: dict[str, list[int]] | None = None
+    def __init__(self, root: str, name: str, task: str = "segmentation", **options: Any) -> None:
         self.layout = (
             f"<root>/{self.image_dir}/<id>.<jpg|png|tif> and <root>/{self.mask_dir}/<id>.<jpg|png|tif>"
         )
-        root = layouts.find_root(root, self.layout_name, self.title) if self.layout_name else root
-        self.root = ensure_root(
-            root, self.title, self.layout, download, synthetic, self._writer(), source=source
-        )
+        super().__init__(root, name, task, **options)
         self._find_dirs()
         self.items = self._pair()
 
     def _find_dirs(self) -> None:
         """Set ``image_dir`` / ``mask_dir`` to the names this copy uses (the class's names by default)."""
-
-    @staticmethod
-    def _writer():
-        return None
 
     def _pair(self) -> list[SegmentationItem]:
         hidden: list[Path] = []
@@ -110,13 +80,6 @@ class SegmentationFolders:
             )
         return items
 
-    def splits(self) -> dict[str, list[int]]:
-        """Index lists into ``items`` for train/val/test of ``dataset.split`` (see :func:`choose_split`), folds
-        and label fraction applied (:meth:`SplitOptions.apply`). Computed once per reader."""
-        if self._splits is None:
-            self._splits = self.split_options.apply(lambda: choose_split(self.split_name, len(self.items)))
-        return self._splits
-
 
 class KvasirSeg(SegmentationFolders):
     title = "Kvasir-SEG"
@@ -125,7 +88,7 @@ class KvasirSeg(SegmentationFolders):
     layout_name = "kvasir_seg"
 
     @staticmethod
-    def _writer():
+    def synthetic_writer():
         from ssl4gie.data.synthetic import write_kvasir_seg
 
         return write_kvasir_seg
@@ -141,7 +104,7 @@ class CVCClinicDB(SegmentationFolders):
     layout_name = "cvc_clinicdb"
 
     @staticmethod
-    def _writer():
+    def synthetic_writer():
         from ssl4gie.data.synthetic import write_cvc_clinicdb
 
         return write_cvc_clinicdb
@@ -168,7 +131,7 @@ class PraNetFolders(KvasirSeg):
         self.image_dir, self.mask_dir = layouts.pair_dirs(self.root, self.title)
 
     @staticmethod
-    def _writer():
+    def synthetic_writer():
         from ssl4gie.data.synthetic import write_pranet_set
 
         return write_pranet_set

@@ -11,7 +11,7 @@ tools that check a sweep before launching it::
         if not status.ready:
             print(status.state, status.detail, "->", status.command)
 
-Modules: :mod:`.registry` (the sources, read from ``conf/source/`` and the pretraining rows), :mod:`.download`
+Modules: :mod:`.registry` (the sources, read from ``ssl4gie/fetch/sources/`` and the pretraining rows), :mod:`.download`
 (HTTP(S), Google Drive, Dataverse, mirrors), :mod:`.verify` (hashes, the lock file, manifests), :mod:`.unpack`
 (archives into place), :mod:`.get` (one source, start to end).
 """

@@ -250,7 +250,7 @@ def _locate(source: Source, file: RemoteFile, options: Options, listing: dict | 
         return _Where(f"https://drive.google.com/uc?id={file.drive}", drive=file.drive)
     if file.url:
         return _Where(file.url, url=file.url)
-    raise FetchError(f"{source.name}: {file.name} has no URL (conf/source/{source.name}.yaml)")
+    raise FetchError(f"{source.name}: {file.name} has no URL (ssl4gie/fetch/sources/{source.name}.yaml)")
 
 
 def _receive(where: _Where, dest: Path, file: RemoteFile, options: Options) -> download.Received:

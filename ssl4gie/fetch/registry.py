@@ -1,6 +1,6 @@
 """The sources of ssl4gie's data and weights, read from the configs: what to fetch for a name, a row or a sweep.
 
-Data sources are the files in ``conf/source/`` (one per archive or folder); each dataset config names its own
+Data sources are the files in ``ssl4gie/fetch/sources/`` (one per archive or folder); each dataset config names its own
 (``dataset.source``). Weight sources come from the pretraining rows (``conf/pretraining/``): one per backbone file,
 with the row's ``files`` (the name the run looks for in ``paths.weights_dir``), ``urls`` and ``license``, and its
 ``source`` block (``sha256``, ``size``, ``login``, or ``folder`` + ``match`` for a file of the study's Drive folder).
@@ -17,8 +17,9 @@ from pathlib import Path
 import yaml
 
 from ssl4gie.errors import ConfigError
+from ssl4gie.utils.conf import CONF_DIR as CONF
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+SOURCES = Path(__file__).resolve().parent / "sources"  # one file per archive or folder
 SWEEPS = CONF / "sweep"
 STORES = ("data", "weights")
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
@@ -88,7 +89,7 @@ def _check_hash(value, where: str) -> str | None:
 
 def _data_source(path: Path, serves: tuple[str, ...]) -> Source:
     raw = _yaml(path)
-    where = f"conf/source/{path.name}"
+    where = f"ssl4gie/fetch/sources/{path.name}"
     if raw.get("store") not in STORES:
         raise ConfigError(f"{where}: store must be one of {', '.join(STORES)}, got {raw.get('store')!r}")
     files = tuple(
@@ -186,18 +187,20 @@ def _weight_sources(pretraining: str, raw: dict) -> dict[str, Source]:
 
 @cache
 def registry() -> dict[str, Source]:
-    """Every source, by name: ``conf/source/<name>.yaml`` and ``<pretraining>:<backbone>`` for weights."""
+    """Every source, by name: ``ssl4gie/fetch/sources/<name>.yaml`` and ``<pretraining>:<backbone>`` for weights."""
     serves: dict[str, list[str]] = {}
     for name, source in dataset_sources().items():
         serves.setdefault(source, []).append(name)
     sources = {}
-    for path in sorted((CONF / "source").glob("*.yaml")):
+    for path in sorted(SOURCES.glob("*.yaml")):
         sources[path.stem] = _data_source(path, tuple(serves.get(path.stem, ())))
     for path in sorted((CONF / "pretraining").glob("*.yaml")):
         sources.update(_weight_sources(path.stem, _yaml(path)))
     for source in sources.values():
         if source.folder and source.folder not in sources:
-            raise ConfigError(f"source {source.name}: folder {source.folder!r} is not in conf/source/")
+            raise ConfigError(
+                f"source {source.name}: folder {source.folder!r} is not in ssl4gie/fetch/sources/"
+            )
     return sources
 
 

@@ -32,8 +32,7 @@ NOT_IDENTITY = (
     "backbone.random_init",  # a description for the log
     "dataset.root",
     "dataset.download",
-    "dataset.source",  # where ``python -m ssl4gie.fetch`` gets the data (conf/source/), not what a run reads
-    "source",  # conf/source/ is read by ssl4gie.fetch only; a `source=...` typed on a run changes nothing
+    "dataset.source",  # where ``python -m ssl4gie.fetch`` gets the data (ssl4gie/fetch/sources/), not what a run reads
     "dataset.synthetic",
     # Where the initial weights are found is not what they are: the fingerprint records their content instead
     # (``initial_weights``), so a moved or renamed identical file is the same experiment and a replaced one is not.

@@ -24,7 +24,7 @@ from ssl4gie.data.synthetic import (
     write_pranet_set,
 )
 from ssl4gie.errors import DatasetError
-from ssl4gie.run.config import instantiate_checked
+from ssl4gie.utils.conf import instantiate_checked
 
 
 def read(dataset: str, data_dir: Path, *extra: str):

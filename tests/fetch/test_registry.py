@@ -11,7 +11,7 @@ from helpers import CONF, compose_config, expand
 
 from ssl4gie.errors import ConfigError
 from ssl4gie.fetch.registry import dataset_sources, registry, resolve, sources_for_sweep
-from ssl4gie.run.config import fingerprint
+from ssl4gie.run.identity import fingerprint
 from ssl4gie.run.weights import InitialWeights
 
 
