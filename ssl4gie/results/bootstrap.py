@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,6 +225,49 @@ def _n_classes(frames: Sequence[pd.DataFrame]) -> int:
     return int(max(max(f["class_id"].max(), f["predicted_id"].max()) for f in frames)) + 1
 
 
+def _macro_f1(
+    base: str, frames: Sequence[pd.DataFrame], facts: dict, names: pd.Index | None, where: str
+) -> ImageStatistic | None:
+    """Classification's macro F1 (and its other macro means), recomputed from each image's class and prediction."""
+    needed = ("name", "class_id", "predicted_id")
+    if any(not set(needed) <= set(f.columns) for f in frames):
+        log.warning("%s: needs columns %s for a test/%s interval; none computed", where, needed, base)
+        return None
+    indexed = [f.drop_duplicates("name").set_index("name") for f in frames]
+    common = _common(indexed, names)
+    n_classes = _n_classes(frames)
+    protocol = str(facts.get("protocol") or "ssl4gie")
+    average_over = facts.get("macro_over") or _infer_macro_over(indexed[0], n_classes, protocol, facts)
+    return MacroF1(
+        common, indexed[0].loc[common, "class_id"].to_numpy(int),
+        np.stack([f.loc[common, "predicted_id"].to_numpy(int) for f in indexed]),
+        n_classes, base, str(average_over), protocol,
+    )  # fmt: skip
+
+
+def _mean_ap(
+    base: str, frames: Sequence[pd.DataFrame], facts: dict, names: pd.Index | None, where: str
+) -> ImageStatistic | None:
+    """Detection's COCO mAP, recomputed from each image's boxes."""
+    if any(not {"name", *BOX_COLUMNS} <= set(f.columns) for f in frames):
+        log.warning(
+            "%s: no %s columns, so no test/%s interval (the detection evaluator must write each image's boxes)",
+            where, "/".join(BOX_COLUMNS), base,
+        )  # fmt: skip
+        return None
+    indexed = [f.drop_duplicates("name").set_index("name") for f in frames]
+    common = _common(indexed, names)
+    matches = [detection_matches(f.loc[common].reset_index(), where) for f in indexed]
+    return MeanAveragePrecision(common, matches, base)
+
+
+# Metrics that are no mean over images, recomputed from each image's rows: task -> (their keys, the statistic)
+RECOMPUTED: dict[str, tuple[frozenset[str], Callable[..., ImageStatistic | None]]] = {
+    "classification": (frozenset(F1_KEYS), _macro_f1),
+    "detection": (frozenset(MAP_KEYS), _mean_ap),
+}
+
+
 def load_statistic(
     task: str,
     metric: str,
@@ -239,34 +282,10 @@ def load_statistic(
     (``protocol``, ``macro_over``, ``test/n_classes_scored``) that fix the F1 formula. ``names``: restrict to
     these images (for pairing). None (with a warning) when the tables lack the needed columns.
     """
-    facts = facts or {}
     base = metric.rsplit("/", 1)[-1]
-    if task == "classification" and base in F1_KEYS:
-        needed = ("name", "class_id", "predicted_id")
-        if any(not set(needed) <= set(f.columns) for f in frames):
-            log.warning("%s: needs columns %s for a %s interval; none computed", where, needed, metric)
-            return None
-        indexed = [f.drop_duplicates("name").set_index("name") for f in frames]
-        common = _common(indexed, names)
-        n_classes = _n_classes(frames)
-        protocol = str(facts.get("protocol") or "ssl4gie")
-        average_over = facts.get("macro_over") or _infer_macro_over(indexed[0], n_classes, protocol, facts)
-        return MacroF1(
-            common, indexed[0].loc[common, "class_id"].to_numpy(int),
-            np.stack([f.loc[common, "predicted_id"].to_numpy(int) for f in indexed]),
-            n_classes, base, str(average_over), protocol,
-        )  # fmt: skip
-    if task == "detection" and base in MAP_KEYS:
-        if any(not {"name", *BOX_COLUMNS} <= set(f.columns) for f in frames):
-            log.warning(
-                "%s: no %s columns, so no %s interval (the detection evaluator must write each image's boxes)",
-                where, "/".join(BOX_COLUMNS), metric,
-            )  # fmt: skip
-            return None
-        indexed = [f.drop_duplicates("name").set_index("name") for f in frames]
-        common = _common(indexed, names)
-        matches = [detection_matches(f.loc[common].reset_index(), where) for f in indexed]
-        return MeanAveragePrecision(common, matches, base)
+    keys, recompute = RECOMPUTED.get(task, (frozenset(), None))
+    if recompute is not None and base in keys:
+        return recompute(base, frames, facts or {}, names, where)
     if any(base not in f.columns or "name" not in f.columns for f in frames):
         log.warning("%s: no column 'name' or %r; no interval for %s", where, base, metric)
         return None
