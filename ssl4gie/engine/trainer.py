@@ -96,6 +96,7 @@ class Trainer:
         fingerprint: str,
         model_config: dict,
         dist_env: distributed.DistEnv | None = None,
+        train: bool = True,
     ) -> None:
         self.cfg, self.task, self.output_dir, self.seed = cfg, task, Path(output_dir), seed
         self.fingerprint, self.model_config = fingerprint, model_config
@@ -144,14 +145,32 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model  # the bare module: state dicts, evaluation
         self.train_model: nn.Module = model
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.schedule = None
+        if train:
+            self._for_training(cfg, task, model)
+        self.val_every = int(cfg.val_every)
+        if self.val_every < 1:
+            raise ConfigError(f"trainer.val_every={self.val_every} must be at least 1")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.epoch, self.step_in_epoch, self.best, self.best_epoch, self.history = 0, 0, None, None, []
+        self.global_step = 0  # optimiser steps taken: the position in a per-step schedule
+        self.steps_per_epoch = 1  # set by fit() from the loader (benchmarks run train_epoch directly)
+        self.generator = torch.Generator()
+        self.stop_signal: int | None = None
+        # experiment trackers (ssl4gie.loggers), set by the CLI on rank 0: each gets every history row
+        self.loggers: list[RunLogger] = []
+
+    def _for_training(self, cfg: DictConfig, task: Task, model: nn.Module) -> None:
+        """What only training needs (evaluation builds none of it): the DDP wrapper, ``torch.compile``, and the
+        optimiser and schedule of the trainer/optimizer and trainer/scheduler config groups (``_partial_``
+        targets, completed with what the trainer and the task know)."""
         if self.dist.enabled:
             self.train_model = DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         if cfg.compile:
             self.train_model = torch.compile(self.train_model, backend=cfg.compile_backend)
-        # Optimiser and schedule: the trainer/optimizer and trainer/scheduler config groups (``_partial_``
-        # targets), completed with what the trainer and the task know
         fused = resolve_switch(cfg.fused_optimizer, "fused_optimizer", self.device)
         self.optimizer = instantiate(cfg.optimizer)(
             task.trainable_parameters(model),
@@ -166,17 +185,6 @@ class Trainer:
             epochs=int(cfg.epochs),
             peak_lr=float(cfg.lr),
         )
-        self.val_every = int(cfg.val_every)
-        if self.val_every < 1:
-            raise ConfigError(f"trainer.val_every={self.val_every} must be at least 1")
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.epoch, self.step_in_epoch, self.best, self.best_epoch, self.history = 0, 0, None, None, []
-        self.global_step = 0  # optimiser steps taken: the position in a per-step schedule
-        self.steps_per_epoch = 1  # set by fit() from the loader (benchmarks run train_epoch directly)
-        self.generator = torch.Generator()
-        self.stop_signal: int | None = None
-        # experiment trackers (ssl4gie.loggers), set by the CLI on rank 0: each gets every history row
-        self.loggers: list[RunLogger] = []
 
     def _check_no_accumulation(self, cfg: DictConfig) -> None:
         """A task whose loss couples the images of a batch (contrastive negatives, a cross-correlation, BatchNorm

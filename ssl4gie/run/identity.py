@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,6 +30,7 @@ NOT_IDENTITY = (
     "trainer.num_figures",
     "trainer.keep_last",
     "skip_missing_data",
+    "overwrite",  # whether a run may replace another configuration's results in its folder
     "backbone.random_init",  # a description for the log
     "dataset.root",
     "dataset.download",
@@ -134,12 +136,25 @@ def _drop(container: dict, dotted: str) -> None:
 
 
 def fingerprint(cfg: DictConfig, weights: InitialWeights | None = None) -> str:
-    """A short hash of everything that defines the experiment (see NOT_IDENTITY for what does not), including the
-    identity of the initial weights: the sha256 of the local file that is loaded, or the timm hub tag.
+    """A short hash of everything that defines the experiment (:func:`identity`), including the identity of the
+    initial weights: the sha256 of the local file that is loaded, or the timm hub tag.
 
     ``weights`` is :func:`ssl4gie.run.weights.run_weights` of ``cfg`` (looked up, and raising its errors, when not
     given). A row without weights (random) adds nothing, so its fingerprint is what it was before weights counted.
     """
+    return hash_identity(identity(cfg, weights))
+
+
+def hash_identity(options: dict) -> str:
+    """The fingerprint of an :func:`identity`."""
+    return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def identity(cfg: DictConfig, weights: InitialWeights | None = None) -> dict:
+    """Everything that defines the experiment, as plain data: the resolved config without what does not change
+    what a run computes (``NOT_IDENTITY``), options added later dropped at their old behaviour, and the initial
+    weights' identity (see :func:`fingerprint`). Saved in a run's folder (``identity.json``), so that a run of
+    another configuration can say which options differ."""
     weights = run_weights(cfg) if weights is None else weights
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
@@ -164,9 +179,23 @@ def fingerprint(cfg: DictConfig, weights: InitialWeights | None = None) -> str:
     task = container.get("task")
     if isinstance(task, dict) and "macro_over" in task and task["macro_over"] is None:
         task["macro_over"] = "all" if task.get("protocol") == "study" else "present"
-    if (identity := weights.identity()) is not None:
-        container["initial_weights"] = identity
-    return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if (initial := weights.identity()) is not None:
+        container["initial_weights"] = initial
+    return container
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        return {k: v for key, child in node.items() for k, v in _flatten(child, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def differences(before: dict, now: dict, limit: int = 4) -> str:
+    """The options in which two :func:`identity` values differ, as ``key before → now`` (at most ``limit``)."""
+    a, b = _flatten(before), _flatten(now)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, _MISSING) != b.get(k, _MISSING))
+    shown = [f"{k} {a.get(k, '(unset)')!s} → {b.get(k, '(unset)')!s}" for k in keys[:limit]]
+    return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def row_code(cfg: DictConfig) -> str:

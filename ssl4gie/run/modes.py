@@ -17,7 +17,7 @@ from ssl4gie.data.splits import split_facts, split_files
 from ssl4gie.engine.checkpoint import read_run_checkpoint
 from ssl4gie.loggers import final_metrics
 from ssl4gie.models.checkpoints.study import check_against
-from ssl4gie.run.checkpoint import check_model_config, read_model_checkpoint
+from ssl4gie.run.checkpoint import check_model_config
 from ssl4gie.run.prepare import Run
 from ssl4gie.utils.io import save_dataframe_csv, write_json
 
@@ -63,8 +63,7 @@ def load_checkpoint(run: Run) -> dict[str, Any]:
     the test split of the dataset (unless predicting on a folder of frames)."""
     if not run.dist.is_main:
         return {}
-    cfg = run.cfg
-    ckpt = read_model_checkpoint(cfg.ckpt, run.task.name, cfg.backbone.family)
+    cfg, ckpt = run.cfg, run.checkpoint
     if ckpt["model_config"] is None:  # one of the study's files: its keys and shapes are the check
         check_against(run.model, ckpt["model"], cfg.ckpt)
         log.info("%s", ckpt["receipt"])

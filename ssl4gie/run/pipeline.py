@@ -8,6 +8,7 @@ import logging
 import os
 import time
 import traceback
+from contextlib import ExitStack
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -18,7 +19,7 @@ from ssl4gie.engine import distributed
 from ssl4gie.errors import Ssl4gieError
 from ssl4gie.loggers import Trackers
 from ssl4gie.run.modes import finish, fit, load_checkpoint, predict_frames, test
-from ssl4gie.run.prepare import build, prepare
+from ssl4gie.run.prepare import build, claim, prepare
 from ssl4gie.utils.io import write_json
 
 log = logging.getLogger("ssl4gie")
@@ -70,11 +71,12 @@ def record_failure(output_dir: Path, error: BaseException) -> None:
 
 
 def execute(cfg: DictConfig) -> float | None:
-    """One run: prepare → build → fit or load → test (if the task tests) → finish. Returns the monitored
-    validation metric (for sweepers); the trackers (``logger=``) are finished with how the run ended, also on an
-    error."""
-    with Trackers() as trackers:
-        run = prepare(cfg)  # checks, identity, run folder, process group, seeds
+    """One run: prepare → claim the folder → build → fit or load → test (if the task tests) → finish. Returns the
+    monitored validation metric (for sweepers); the trackers (``logger=``) are finished with how the run ended, and
+    the run folder released, also on an error."""
+    with Trackers() as trackers, ExitStack() as held:
+        run = prepare(cfg)  # checks, identity, process group
+        claim(run, held)  # one writer per folder; a finished run of this configuration, or of another one
         if run.done is not None:  # a complete run of this configuration: nothing to do
             return run.done.get(run.task.monitor)
         if not build(run, trackers):  # data, model, trainer; False: an absent dataset skips this cell

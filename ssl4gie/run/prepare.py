@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,11 @@ from ssl4gie.engine.trainer import Trainer
 from ssl4gie.errors import DatasetMissing
 from ssl4gie.loggers import Trackers, build_loggers, run_info
 from ssl4gie.models.checkpoints import study as study_checkpoints
+from ssl4gie.run.checkpoint import explicit_options, read_model_checkpoint, with_checkpoint_structure
 from ssl4gie.run.checks import validate
-from ssl4gie.run.identity import fingerprint, row_code
-from ssl4gie.run.weights import InitialWeights, run_weights
+from ssl4gie.run.folder import FolderLock, check_folder, record_identity
+from ssl4gie.run.identity import hash_identity, identity, row_code
+from ssl4gie.run.weights import InitialWeights, file_sha256, run_weights
 from ssl4gie.tasks.base import Task
 from ssl4gie.utils.conf import instantiate_checked
 from ssl4gie.utils.io import write_json
@@ -46,6 +48,10 @@ class Run:
     reader: Any = None
     trainer: Trainer | None = None
     data: dict[str, Any] = field(default_factory=dict)  # the torch Datasets of the splits in use
+    checkpoint: dict | None = (
+        None  # eval/predict: what ckpt holds (ssl4gie.run.checkpoint.read_model_checkpoint)
+    )
+    options: dict = field(default_factory=dict)  # the identity (ssl4gie.run.identity) the fingerprint hashes
     facts: dict[str, Any] = field(default_factory=dict)  # what metrics.json records beside the metrics
 
     @property
@@ -57,38 +63,53 @@ class Run:
         return self.cfg.mode == "train"
 
 
-def completed_metrics(output_dir: Path, fp: str) -> dict | None:
-    """``metrics.json`` of a finished run with the same fingerprint, else None."""
-    path = output_dir / "metrics.json"
-    if not path.exists():
-        return None
-    metrics = json.loads(path.read_text())
-    return metrics if metrics.get("status") == "complete" and metrics.get("fingerprint") == fp else None
-
-
 def prepare(cfg: DictConfig) -> Run:
-    """Check the config, establish the run's identity and folder (a complete run of the same configuration there
-    is :attr:`Run.done`), then join the process group and seed this process."""
+    """Check the config (and, in eval/predict, adopt the checkpoint's model structure), establish the run's identity
+    and join the process group."""
     validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = None
+    if cfg.mode != "train":  # the checkpoint first: its structure decides the model
+        checkpoint = read_model_checkpoint(cfg.ckpt, cfg.task.name, cfg.backbone.family)
+        cfg = with_checkpoint_structure(cfg, checkpoint, explicit_options())
     # The initial weights are part of the run's identity by content: hashed once, before the completed-run check.
-    # (eval/predict: the checkpoint holds every tensor, so the row's weights file is neither read nor needed)
+    # (eval/predict: the checkpoint holds every tensor, so the row's weights file is neither read nor needed; the
+    # checkpoint's content and the frames' folder are the identity instead)
     weights = run_weights(cfg) if cfg.mode == "train" else InitialWeights()
-    fp = fingerprint(cfg, weights)
+    options = identity(cfg, weights)
+    if checkpoint is not None:
+        options["checkpoint"] = file_sha256(cfg.ckpt)
+        if cfg.mode == "predict" and cfg.input:
+            options["input"] = str(Path(str(cfg.input)).expanduser().resolve())
+    fp = hash_identity(options)
     if weights.file is not None:
         log.info("initial weights %s (sha256 %s) -> run folder %s", weights.file, weights.tag, output_dir)
     elif weights.hub is not None:
         log.info("initial weights: timm hub '%s' -> run folder %s", weights.hub, output_dir)
-    run = Run(cfg, output_dir, fp, weights, instantiate_checked(cfg.task, _recursive_=False))
-    if cfg.mode == "train" and (done := completed_metrics(output_dir, fp)) is not None:
-        log.info(
-            "%s already holds a complete run of this configuration; nothing to do",
-            output_dir / "metrics.json",
-        )
-        run.done = done
-        return run
+    run = Run(
+        cfg, output_dir, fp, weights, instantiate_checked(cfg.task, _recursive_=False), checkpoint=checkpoint
+    )
+    run.options = options
     run.dist = distributed.setup(cfg.trainer.device)
+    return run
+
+
+def claim(run: Run, held: ExitStack) -> None:
+    """Take the run folder (:mod:`ssl4gie.run.folder`): one writer (rank 0 holds the lock until ``held`` closes);
+    a finished run of the same configuration there is :attr:`Run.done`, one of another configuration is refused
+    (``overwrite=true`` replaces it). Then seed this process."""
+    cfg = run.cfg
+    if run.dist.is_main:
+        held.enter_context(FolderLock(run.output_dir))
+    run.done = check_folder(
+        run.output_dir, run.fingerprint, run.options, bool(cfg.overwrite), earlier_replaceable=not run.train
+    )
+    if run.done is not None:
+        log.info("%s already holds a complete run of this configuration; nothing to do", run.output_dir)
+        return
+    if run.dist.is_main:
+        record_identity(run.output_dir, run.fingerprint, run.options)
     seed_everything(cfg.seed + run.dist.rank)  # ranks augment differently; DDP broadcasts rank 0's weights
     torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
     if cfg.trainer.deterministic:
@@ -97,7 +118,6 @@ def prepare(cfg: DictConfig) -> Run:
     # checked before the model is built, as a dataset's root and layout are otherwise.
     if cfg.mode == "predict" and cfg.input:
         run.frames = list_frames(cfg.input)
-    return run
 
 
 def build(run: Run, trackers: Trackers) -> bool:
@@ -123,6 +143,7 @@ def build(run: Run, trackers: Trackers) -> bool:
         run.fingerprint,
         model_config(cfg, task, model),
         run.dist,
+        train=run.train,  # evaluation builds no optimiser
     )
     if run.dist.is_main:  # trackers record what rank 0 writes: history rows, then metrics.json and figures
         trackers.loggers.extend(build_loggers(cfg.logger))

@@ -17,11 +17,12 @@ import pandas as pd
 import pytest
 import yaml
 from helpers import ROOT, compose_config, task_overrides
+from helpers.trackers import Recorder
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from ssl4gie.errors import ConfigError
-from ssl4gie.loggers import FAILED, KILLED, SUCCESS, RunInfo, RunLogger, Trackers, build_loggers
+from ssl4gie.loggers import FAILED, KILLED, SUCCESS, RunInfo, Trackers, build_loggers
 from ssl4gie.run.identity import fingerprint
 from ssl4gie.run.pipeline import execute
 from ssl4gie.run.weights import InitialWeights
@@ -374,34 +375,11 @@ def test_a_missing_package_fails_the_run_before_training(monkeypatch, tmp_paths,
     assert not (tmp_path / "outputs" / "run" / "last.pt").exists()
 
 
-class Recorder(RunLogger):
-    """A tracker that keeps what it is told (``logger._target_=test_loggers.Recorder``)."""
-
-    calls: list = []  # noqa: RUF012  one test at a time reads it
-
-    def __init__(self, fail_at: str | None = None) -> None:
-        self.fail_at = fail_at
-
-    def start(self, run):
-        Recorder.calls.append(("start", run.name, run.group))
-
-    def log_epoch(self, row):
-        Recorder.calls.append(("epoch", dict(row)))
-        if self.fail_at == "log_epoch":
-            raise RuntimeError("tracker server went away")
-
-    def log_final(self, metrics, epoch):
-        Recorder.calls.append(("final", dict(metrics), epoch))
-
-    def finish(self, status):
-        Recorder.calls.append(("finish", status))
-
-
 def test_trackers_get_the_history_rows_and_the_way_a_run_ended(tmp_paths, tmp_path, monkeypatch):
-    import ssl4gie.run.pipeline
+    import ssl4gie.run.modes
 
     Recorder.calls = []
-    output_dir = tiny_run(tmp_paths, tmp_path, "+logger._target_=test_loggers.Recorder")
+    output_dir = tiny_run(tmp_paths, tmp_path, "+logger._target_=helpers.trackers.Recorder")
     epochs = [c[1] for c in Recorder.calls if c[0] == "epoch"]
     # exactly the dicts of history.csv, in order, epoch 0 (initial weights) included
     assert pd.DataFrame(epochs).equals(pd.read_csv(output_dir / "history.csv"))
@@ -413,9 +391,9 @@ def test_trackers_get_the_history_rows_and_the_way_a_run_ended(tmp_paths, tmp_pa
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ssl4gie.run.pipeline, "read_run_checkpoint", broken)
+    monkeypatch.setattr(ssl4gie.run.modes, "read_run_checkpoint", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        tiny_run(tmp_paths, tmp_path / "again", "+logger._target_=test_loggers.Recorder")
+        tiny_run(tmp_paths, tmp_path / "again", "+logger._target_=helpers.trackers.Recorder")
     assert [c[0] for c in Recorder.calls] == ["start", "epoch", "epoch", "epoch", "finish"]
     assert Recorder.calls[-1] == ("finish", FAILED)
 
