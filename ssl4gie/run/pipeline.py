@@ -284,7 +284,7 @@ def pretrain(
     if not trainer.dist.is_main:
         return None
     save_dataframe_csv(output_dir / "history.csv", pd.DataFrame(trainer.history))
-    facts.update(task.finish(trainer.model, output_dir, trainer.device))
+    facts.update(task.finish(trainer.eval_model(), output_dir, trainer.device))  # rank 0 alone: no SyncBN
     last = trainer.history[-1]
     metrics = {k: v for k, v in last.items() if k.startswith(("train/", "val/"))}
     metrics.update(
