@@ -245,10 +245,18 @@ def _warmup_cosine_schedule(
     warmup_epochs = float(cfg.get("warmup_epochs", 0))
     ratio = float(cfg.get("final_lr_ratio", 0.0))
     warmup_steps = warmup_epochs * steps_per_epoch
-    if not 0 <= warmup_steps <= total_steps:
-        raise ConfigError(
-            f"{option}.warmup_epochs={warmup_epochs} must lie between 0 and the number of epochs "
-            f"({total_steps / steps_per_epoch:g})"
+    if warmup_steps < 0:
+        raise ConfigError(f"{option}.warmup_epochs={warmup_epochs} must be at least 0")
+    if warmup_steps > total_steps:
+        # A trial run shorter than the recipe's warmup runs as the official code runs it (MoCo v3's and MAE's
+        # adjust_learning_rate, Barlow Twins' adjust_learning_rate: lr = peak · step / warmup while warming up)
+        log.warning(
+            "%s.warmup_epochs=%g is longer than the run (%g epochs): the schedule never leaves its warmup, the "
+            "learning rate rises linearly to %.3g of its peak and no cosine decay follows",
+            option,
+            warmup_epochs,
+            total_steps / steps_per_epoch,
+            (total_steps - 1) / warmup_steps,
         )
     if not 0 <= ratio <= 1:
         raise ConfigError(f"{option}.final_lr_ratio={ratio} must lie in [0, 1] (Barlow Twins: 0.001)")

@@ -126,6 +126,26 @@ def test_pretrain_exports_what_the_finetuning_row_loads(ssl, backbone, tmp_path,
     assert finetuned["status"] == "complete" and finetuned["weights_file"] == str(export)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("ssl", "backbone"), PAIRS)
+def test_a_one_epoch_trial_inside_the_recipes_warmup_runs_and_exports(ssl, backbone, tmp_path, caplog):
+    """``task=pretrain trainer.epochs=1`` with the recipe's own warmup (10 or 40 epochs): the official code runs
+    it (the lr is still warming up when it ends), so does ssl4gie, with one warning."""
+    overrides = [o for o in pretrain_overrides(tmp_path, ssl, backbone) if "warmup_epochs" not in o]
+    cfg = compose_config([*overrides, "trainer.epochs=1"], tmp_path / "run")
+    warmup = cfg.trainer.scheduler.warmup_epochs
+    assert warmup >= 10
+    caplog.set_level("INFO")
+    execute(cfg)
+    warnings = [r.getMessage() for r in caplog.records if "never leaves its warmup" in r.getMessage()]
+    assert len(warnings) == 1 and f"warmup_epochs={warmup:g} is longer than the run (1 epochs)" in warnings[0]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and metrics["epochs"] == 1 and Path(metrics["export"]).is_file()
+    lr = pd.read_csv(tmp_path / "run" / "history.csv")["lr"].iloc[-1]
+    steps = metrics["steps"]
+    assert lr == pytest.approx(cfg.trainer.lr * (steps - 1) / (warmup * steps))  # still warming up
+
+
 def test_two_step_pipeline_writes_the_four_backbones_into_one_weights_folder(tmp_path):
     """`sweep=pretrain_hyperkvasir` puts every export in one folder that paths.weights_dir can point at."""
     cfg = compose_config(["sweep=pretrain_hyperkvasir"], hydra=True)

@@ -99,10 +99,7 @@ def test_step_schedule_scales_every_group_and_resumes_from_its_step():
     ("cfg", "message"),
     [
         ({"name": "step"}, "scheduler.name='step' is not valid; valid: warmup_cosine"),
-        (
-            {"name": "warmup_cosine", "warmup_epochs": 11},
-            "scheduler.warmup_epochs=11.0 must lie between 0 and",
-        ),
+        ({"name": "warmup_cosine", "warmup_epochs": -1}, "scheduler.warmup_epochs=-1.0 must be at least 0"),
         ({"name": "warmup_cosine", "final_lr_ratio": 2}, "scheduler.final_lr_ratio=2.0 must lie in [0, 1]"),
         ({"name": "warmup_cosine", "warmup_epoch": 1}, "does not take warmup_epoch"),
     ],
@@ -111,6 +108,17 @@ def test_step_schedule_rejects_bad_options(cfg, message):
     opt = torch.optim.SGD([nn.Parameter(torch.ones(2))], lr=0.1)
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         StepSchedule(opt, cfg, steps_per_epoch=3, epochs=10)
+
+
+def test_a_run_shorter_than_its_warmup_warms_up_all_the_way_with_one_warning(caplog):
+    """MoCo v3's, MAE's and Barlow Twins' code: lr = peak · step / warmup while warming up, whatever the run's
+    length; a 1-epoch trial of a 40-epoch-warmup recipe ends at 1/40 of the peak (minus the last step)."""
+    opt = torch.optim.SGD([nn.Parameter(torch.ones(2))], lr=0.1)
+    caplog.set_level("WARNING")
+    schedule = StepSchedule(opt, {"name": "warmup_cosine", "warmup_epochs": 40}, steps_per_epoch=3, epochs=1)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "never leaves its warmup" in warnings[0] and "(1 epochs)" in warnings[0]
+    assert [schedule.apply(s) for s in range(3)] == pytest.approx([0.0, 0.1 / 120, 0.2 / 120])
 
 
 # ---------------------------------------------------------------------------------------------- param groups
