@@ -208,9 +208,9 @@ def measure_case(cfg: DictConfig, args: argparse.Namespace, cache_dir: Path, scr
         task.augment_on_device = trainer.augment_on_device  # as ssl4gie.run.pipeline does
         train_set = task.build_datasets(reader, ["train"], str(cache_dir), False)["train"]
         facts.update(measure_training(trainer, train_set, args, peak))
-    # The loader of a GPU run on any machine: decoded cache + collate in the workers, augmentation on the device.
-    # Detection has no device path (boxes): its workers always augment.
-    task.augment_on_device = task.name != "detection"
+    # The loader of a GPU run on any machine: the workers read (decoded cache, or detection's JPEG bytes) and collate;
+    # augmentation (detection: also decoding) happens on the device.
+    task.augment_on_device = True
     loader_set = task.build_datasets(reader, ["train"], str(cache_dir), False)["train"]
     rates = bench_tools.loader_rates(trainer, loader_set, args.loader_workers, args.loader_batches)
     per_worker = {str(w): r / w for w, r in rates.items()}

@@ -242,7 +242,7 @@ def measure_pair(cfg: DictConfig, args: argparse.Namespace, cache_dir: Path, scr
     task, reader, trainer = build_trainer(cfg, scratch / "output", "bench-pretrain")
     train_set = task.build_datasets(reader, ["train"], str(cache_dir), False)["train"]
     facts = {
-        "views": 2 if task.method.two_views else 1,
+        "views": len(task.method.inputs),
         "params_m": sum(p.numel() for p in trainer.model.parameters()) / 1e6,
     }
 

@@ -146,6 +146,31 @@ def test_a_one_epoch_trial_inside_the_recipes_warmup_runs_and_exports(ssl, backb
     assert lr == pytest.approx(cfg.trainer.lr * (steps - 1) / (warmup * steps))  # still warming up
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("ssl", "backbone", "decode_size"),
+    [*((ssl, backbone, "null") for ssl, backbone in PAIRS), ("mocov3", "resnet50", "64")],
+)
+def test_views_made_on_the_device_train_and_export(ssl, backbone, decode_size, tmp_path, caplog):
+    """``trainer.gpu_augment=true`` (the default on CUDA) on the CPU: the workers hand over the JPEG bytes (or the
+    cached frames, with a decode size) and the views' parameters, the device decodes and augments."""
+    cfg = compose_config(
+        [
+            *pretrain_overrides(tmp_path, ssl, backbone),
+            "trainer.gpu_augment=true",
+            f"dataset.decode_size={decode_size}",
+        ],
+        tmp_path / "run",
+    )
+    caplog.set_level("INFO")
+    execute(cfg)
+    assert "training views: decoded and augmented on the device" in caplog.text
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and Path(metrics["export"]).is_file()
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert history["train/loss"].iloc[1:].notna().all()
+
+
 def test_two_step_pipeline_writes_the_four_backbones_into_one_weights_folder(tmp_path):
     """`sweep=pretrain_hyperkvasir` puts every export in one folder that paths.weights_dir can point at."""
     cfg = compose_config(["sweep=pretrain_hyperkvasir"], hydra=True)
