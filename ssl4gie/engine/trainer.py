@@ -191,6 +191,8 @@ class Trainer:
         if self.val_every < 1:
             raise ConfigError(f"trainer.val_every={self.val_every} must be at least 1")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        if self.scaler.is_enabled():
+            log.info("fp16 autocast with dynamic loss scaling (torch.amp.GradScaler)")
         self.epoch, self.step_in_epoch, self.best, self.best_epoch, self.history = 0, 0, None, None, []
         self.global_step = 0  # optimiser steps taken: the position in a per-step schedule
         self.steps_per_epoch = 1  # set by fit() from the loader (benchmarks run train_epoch directly)

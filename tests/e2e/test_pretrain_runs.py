@@ -5,6 +5,7 @@ resume after SIGKILL; bad input."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -169,6 +170,30 @@ def test_views_made_on_the_device_train_and_export(ssl, backbone, decode_size, t
     assert metrics["status"] == "complete" and Path(metrics["export"]).is_file()
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert history["train/loss"].iloc[1:].notna().all()
+
+
+@pytest.mark.slow  # fp16 kernels are slow on a CPU (minutes)
+def test_fp16_autocast_trains_with_the_official_grad_scaler(tmp_path, caplog, monkeypatch):
+    """``trainer.precision=fp16`` (CUDA; on a CPU only with the refusal lifted, as here) restores the official
+    codebases' mixed precision: fp16 autocast and a GradScaler that scales every loss and steps the optimiser."""
+    import ssl4gie.engine.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "resolve_precision", lambda name, device: torch.float16)
+    cfg = compose_config(
+        [
+            *pretrain_overrides(tmp_path, "mocov3", "resnet50"),
+            "trainer.precision=fp16",
+            "trainer.keep_last=true",
+        ],
+        tmp_path / "run",
+    )
+    caplog.set_level("INFO")
+    execute(cfg)
+    assert "fp16 autocast with dynamic loss scaling (torch.amp.GradScaler)" in caplog.text
+    scaler = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["scaler"]  # {} when disabled
+    # starts at 2^16 and halves at every step whose scaled gradients overflow (that step is skipped)
+    assert scaler and scaler["scale"] <= 2.0**16 and math.log2(scaler["scale"]).is_integer()
+    assert pd.read_csv(tmp_path / "run" / "history.csv")["train/loss"].iloc[1:].notna().all()
 
 
 def test_two_step_pipeline_writes_the_four_backbones_into_one_weights_folder(tmp_path):

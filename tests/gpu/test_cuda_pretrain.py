@@ -26,3 +26,20 @@ def test_pretraining_command_on_the_gpu(ssl, backbone, tmp_path):
     history = pd.read_csv(run / "history.csv")
     assert history["train/loss"].iloc[1:].notna().all()
     assert (run / "export" / f"hyperkvasir_{ssl}_{backbone}.pth").is_file()
+
+
+def test_fp16_with_grad_scaler_on_the_gpu(tmp_path):
+    """``trainer.precision=fp16``: the official codebases' fp16 autocast with a GradScaler, on the GPU."""
+    run = tmp_path / "run"
+    args = pretrain_overrides(
+        tmp_path,
+        "mocov3",
+        "resnet50",
+        f"trainer.device={DEVICE}",
+        "trainer.precision=fp16",
+        "trainer.keep_last=true",
+    )
+    result = run_cli([*args, f"hydra.run.dir={run}"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "fp16 autocast with dynamic loss scaling" in (run / "run.log").read_text()
+    assert pd.read_csv(run / "history.csv")["train/loss"].iloc[1:].notna().all()
