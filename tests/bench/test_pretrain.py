@@ -138,3 +138,34 @@ def test_peak_rss_is_reset_between_pairs():
     del block
     assert bench_pretrain.reset_peak_rss()
     assert bench_pretrain.peak_rss_mb() < before + 100  # the 200 MiB are gone from the new peak
+
+
+@pytest.mark.slow
+def test_loader_records_one_per_method_backbone_mode_and_decode_size(tmp_path, capsys):
+    """``--loader --json``: a list of records with the documented keys, for each mode (views made in the workers
+    from the decode-once cache and from the full-size JPEG; made on the device from the bytes and from the cache);
+    the device records also give the device step's rate. Tiny frames: a functional check, not a timing."""
+    out = tmp_path / "loader.json"
+    args = [
+        "--loader", "--ssl", "mae", "--backbone", "vit_b", "--input-size", str(SIZE), "--device", "cpu",
+        "--frames", "4", "--frame-sizes", "96,160", "--loader-frames", "8", "--loader-batch", "4",
+        "--loader-batches", "1", "--loader-rounds", "2", "--loader-workers", "1", "--decode-size", "64",
+        "--threads", "1", "--no-progress", "--work-dir", str(tmp_path / "work"), "--json", str(out),
+    ]  # fmt: skip
+    assert bench_pretrain.main(args) == 0
+    records = json.loads(out.read_text())
+    assert isinstance(records, list)
+    assert [(r["mode"], r["decode_size"]) for r in records] == [
+        ("worker", 64), ("worker", None), ("device", None), ("device", 64)
+    ]  # fmt: skip
+    for r in records:
+        assert set(r) == set(bench_pretrain.LOADER_KEYS)
+        assert (r["method"], r["backbone"], r["workers"], r["batch_size"]) == ("mae", "vit_b", 1, 4)
+        assert len(r["rounds_frames_per_s_per_worker"]) == 2 and r["frames_per_s_per_worker"] > 0
+        assert r["frames_per_s_per_worker"] == pytest.approx(
+            float(np.median(r["rounds_frames_per_s_per_worker"])), rel=1e-3
+        )
+        assert (r["device_frames_per_s"] is not None) == (r["mode"] == "device")
+    assert records[2]["device_frames_per_s"] > 0 and records[2]["device"] == "cpu"
+    table = capsys.readouterr().out
+    assert "vs worker from cache" in table and str(out) in table
