@@ -90,14 +90,15 @@ def test_bench_pretrain_writes_every_measurement(ssl, backbone, views, tmp_path,
         assert isinstance(pair[key], float) and math.isfinite(pair[key]) and pair[key] > 0, (key, pair[key])
     assert 0.0 <= pair["data_wait_fraction"] <= 1.0
     assert pair["mfu"] is None and pair["peak_cuda_mb"] is None  # CPU: no peak FLOP/s, no CUDA memory
-    # the derived numbers follow from the measured ones (4 significant digits in the JSON)
+    # the derived numbers follow from the measured ones (4 significant digits in the JSON: each of the three
+    # numbers is off by up to 5e-4 relative, so their relation by up to 1.5e-3)
     assert pair["loader_speedup"] == pytest.approx(
-        pair["loader_cache_per_worker"] / pair["loader_jpeg_per_worker"], rel=1e-3
+        pair["loader_cache_per_worker"] / pair["loader_jpeg_per_worker"], rel=1.5e-3
     )
     assert pair["workers_per_device"] == pytest.approx(
-        pair["train_images_per_s_preloaded"] / pair["loader_cache_per_worker"], rel=1e-3
+        pair["train_images_per_s_preloaded"] / pair["loader_cache_per_worker"], rel=1.5e-3
     )
-    assert pair["step_time_s"] * pair["train_images_per_s"] == pytest.approx(4, rel=1e-3)  # frames per step
+    assert pair["step_time_s"] * pair["train_images_per_s"] == pytest.approx(4, rel=1.5e-3)  # frames per step
     low, high = FLOP_BOUNDS[ssl]
     forward = encoder_forward_flops(ssl, backbone)
     assert low * forward <= pair["train_flops_per_image"] <= high * forward
