@@ -69,7 +69,7 @@ def ssl_pairs() -> list[tuple[str, str]]:
 #: Every key of a pair's record in the JSON (None where not measured: CUDA memory and MFU on a CPU, a failure).
 #: Rates are frames/s; ``params_m``: every parameter of the model, the momentum copy included.
 PAIR_KEYS = (
-    "ssl", "backbone", "status", "error", "views", "params_m", "loader_cache_per_worker",
+    "ssl", "backbone", "status", "error", "views", "gpu_augment", "params_m", "loader_cache_per_worker",
     "loader_jpeg_per_worker", "loader_speedup", "train_images_per_s", "train_images_per_s_preloaded",
     "data_wait_fraction", "step_time_s", "train_flops_per_image", "mfu", "workers_per_device",
     "peak_rss_mb", "peak_cuda_mb", "elapsed_s",
@@ -266,6 +266,8 @@ def measure_pair(cfg: DictConfig, args: argparse.Namespace, cache_dir: Path, scr
     train_set = task.build_datasets(reader, ["train"], str(cache_dir), False)["train"]
     facts = {
         "views": len(task.method.inputs),
+        # views decoded and augmented on the device (trainer.gpu_augment): then the training rates include it
+        "gpu_augment": bool(trainer.augment_on_device),
         "params_m": sum(p.numel() for p in trainer.model.parameters()) / 1e6,
     }
 
@@ -529,10 +531,9 @@ def run_loader(args: argparse.Namespace) -> dict:
             )
             for (mode, size), per_round in rates.items():
                 on_device = None
-                if mode == "device":
-                    on_device = device_rate(
-                        datasets[mode, size], views[mode, size], device, args.loader_batch, 2
-                    )
+                if mode == "device":  # a CPU standing in for the device is slow at it: a smaller batch there
+                    batch = args.loader_batch if device.type == "cuda" else min(args.loader_batch, 8)
+                    on_device = device_rate(datasets[mode, size], views[mode, size], device, batch, 2)
                 records.append(
                     {
                         "method": ssl,
