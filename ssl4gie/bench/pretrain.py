@@ -23,12 +23,20 @@ learning-rate schedule is left out (it does not change the speed).
 gradient accumulation: the whole batch goes through one forward pass). Without ``--data`` it writes ``--frames``
 synthetic frames in HyperKvasir's unlabelled layout once (sides 576–1280 px, like the release's 720×576 …
 1280×1024; about 0.3–0.8 s of CPU each) into ``--work-dir`` and reuses them; the training loader cycles them.
-Results: a table on stdout and JSON (``--out``, rewritten after every pair)::
+Results: a table on stdout and JSON (``--out``, rewritten after every pair).
+
+``--loader`` measures the loaders alone, no model: for every pair, frames/s per worker (``--loader-workers``, batches
+of ``--loader-batch``, the median of ``--loader-rounds`` turns) of each mode of :func:`loader_modes`: views made in
+the workers (``worker``) from the decode-once cache (``--decode-size``, 320 by default: the former default) and
+from the full-size JPEG; views made on the device (``device``: the workers read the bytes and draw the parameters)
+from the JPEG's bytes and from the cache; for the device modes also the rate of the device's decode + augmentation
+step. ``--json`` gets a list of records (:data:`LOADER_KEYS`)::
 
     python -m ssl4gie.bench.pretrain                                  # MoCo v3 × ResNet-50, 224², batch 8
     python -m ssl4gie.bench.pretrain --ssl mae --backbone vit_b --batch-size 128 --device cuda
     python -m ssl4gie.bench.pretrain --all --device cuda --batch-size 128 --workers 8 --frames 32
     python -m ssl4gie.bench.pretrain --all --tiny --input-size 64 --device cpu    # a functional check
+    python -m ssl4gie.bench.pretrain --loader --all --json loader.json            # the loaders' records
 """
 
 from __future__ import annotations

@@ -168,9 +168,8 @@ class Method:
     build: Callable[[nn.Module, dict, dict | None], nn.Module]
     views: Callable[[dict, int], tuple[ViewRecipe, ...]]  # (recipe, view size) -> a frame's training views
     inputs: tuple[str, ...]  # the batch keys a training step passes to the model, in order
-    momentum: (
-        bool  # the model takes the momentum coefficient last (MoCo v3's cosine schedule, moved per step)
-    )
+    # the model takes the momentum coefficient last (MoCo v3's cosine schedule, moved per step)
+    momentum: bool
     features: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # what the probe and the monitors read
     export: Callable[[nn.Module, str], dict]  # (model, backbone family) -> the published file's contents
     builds_encoder_init: bool  # construction re-initialises the encoder: load pretrained weights after it
@@ -223,10 +222,10 @@ METHODS = {
 
 
 def starts_from_weights(pretraining: DictConfig) -> bool:
-    """Whether the encoder starts from the row's weights: the row names some (a checkpoint, files or a timm hub
-    tag; ``pretraining=random`` names none) and ``pretraining.load`` is not false (eval/predict build the model
+    """Whether the encoder starts from the row's weights: the row names some (weight files or a timm hub tag per
+    backbone; ``pretraining=random`` names none) and ``pretraining.load`` is not false (eval/predict build the model
     to load a whole checkpoint into)."""
-    names_weights = any(pretraining.get(key) for key in ("checkpoint", "files", "hub"))
+    names_weights = any(pretraining.get(key) for key in ("files", "hub"))
     return bool(pretraining.get("load", True)) and names_weights
 
 
