@@ -155,11 +155,11 @@ elif ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/
   DET_LOADER+=(--tiny --device cpu)
 else
   PRETRAIN+=(--device cuda --batch-size 128 --workers 8 --set trainer.gpu_augment=true)
-  LOADER+=(--device cuda --loader-batch 128)
+  LOADER+=(--device cuda --loader-batch 32 --loader-batches 2)
   DET_LOADER+=(--device cuda)
 fi
 part pretrain-bench 200 "$PY" -m ssl4gie.bench.pretrain "${PRETRAIN[@]}"
-part pretrain-loader 120 "$PY" -m ssl4gie.bench.pretrain "${LOADER[@]}"
+part pretrain-loader 150 "$PY" -m ssl4gie.bench.pretrain "${LOADER[@]}"
 part detection-loader 90 "$PY" -m ssl4gie.bench.gpu "${DET_LOADER[@]}"
 rm -rf "$WORK"
 
