@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # GPU check on one CUDA machine: the CUDA tests (pytest -m gpu tests/gpu), the study benchmark
-# (python -m ssl4gie.bench.gpu) and the pretraining benchmark (python -m ssl4gie.bench.pretrain), in under
-# 10 minutes on one H200.
+# (python -m ssl4gie.bench.gpu), the pretraining benchmark (python -m ssl4gie.bench.pretrain: training with the views
+# decoded and augmented on the GPU, and the loaders alone) and the detection loader, in about 12 minutes on one H200.
 #
 # The machine's Python 3.12 has torch, torchvision, timm, torchmetrics, numpy, pandas, matplotlib, scipy, pillow,
 # tqdm, filelock and tabulate, but not the Hydra stack: its wheels travel in the git-ignored .whl/ folder of the
 # working tree. Before carrying the tree to the machine:
 #
 #     mkdir -p .whl && cp ../shared/device/wheels/*.whl .whl/
+#     pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#         -d .whl kornia==0.9.0 kornia-rs==0.2.0      # the device views' colour and blur operations
 #
 # (pytest too, if that Python lacks it: pip download --no-deps -d .whl pytest pluggy iniconfig packaging)
 # On the machine, from the repository root:
@@ -74,7 +76,7 @@ here() {
 }
 
 imports_ok() {
-  "$PY" -c "import hydra, omegaconf, submitit, pycocotools, hydra_plugins.hydra_submitit_launcher, pytest" 2>/dev/null
+  "$PY" -c "import hydra, omegaconf, submitit, pycocotools, hydra_plugins.hydra_submitit_launcher, pytest, kornia" 2>/dev/null
 }
 
 install() {
@@ -92,7 +94,7 @@ install() {
   echo "installing ${#wheels[@]} wheels into $SITE"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "${wheels[@]}" || return 1
   export PYTHONPATH="$PWD:$SITE"
-  imports_ok || { echo "after the install, an import still fails:" >&2; "$PY" -c "import hydra, omegaconf, submitit, pycocotools, pytest"; return 1; }
+  imports_ok || { echo "after the install, an import still fails:" >&2; "$PY" -c "import hydra, omegaconf, submitit, pycocotools, pytest, kornia"; return 1; }
 }
 
 environment() {
@@ -135,17 +137,30 @@ elif ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/
   BENCH+=(--tiny --device cpu)
 fi
 part gpu-bench 240 "$PY" -m ssl4gie.bench.gpu "${BENCH[@]}"
-# pretraining speed of the four ssl × backbone pairs, about 2 minutes on one H200 (24 frames written once, cycled)
+# pretraining speed of the four ssl × backbone pairs, about 2 minutes on one H200 (24 full-size frames written once,
+# cycled): the views decoded (nvJPEG) and augmented on the GPU, so train_images_per_s is decode + augment + step,
+# with peak_cuda_mb beside it (trainer.gpu_augment=true, the CUDA default, said explicitly)
 PRETRAIN=(--all --out "$OUT/bench_pretrain.json" --work-dir "$WORK" --frames 24 --steps 5 --warmup 2 --no-progress --max-minutes 2.5)
 SMALL_PRETRAIN=(--tiny --input-size 64 --batch-size 8 --workers 0 --frame-sizes 96,160)
+# the loaders alone, one record per mode: frames/s per worker, and the device step's decode + augment rate
+LOADER=(--loader --all --json "$OUT/pretrain_loader.json" --work-dir "$WORK" --frames 24 --loader-rounds 2 --no-progress)
+DET_LOADER=(--loader --tasks detection --json "$OUT/detection_loader.json" --work-dir "$WORK" --loader-batches 4 --loader-rounds 2)
 if [ "$TINY" -eq 1 ]; then
   PRETRAIN+=("${SMALL_PRETRAIN[@]}")
+  LOADER+=(--frame-sizes 96,160 --loader-batches 1)
+  DET_LOADER+=(--tiny)
 elif ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
   PRETRAIN+=("${SMALL_PRETRAIN[@]}" --device cpu)
+  LOADER+=(--device cpu --frame-sizes 96,160 --loader-batches 1)
+  DET_LOADER+=(--tiny --device cpu)
 else
-  PRETRAIN+=(--device cuda --batch-size 128 --workers 8)
+  PRETRAIN+=(--device cuda --batch-size 128 --workers 8 --set trainer.gpu_augment=true)
+  LOADER+=(--device cuda --loader-batch 32 --loader-batches 2)
+  DET_LOADER+=(--device cuda)
 fi
 part pretrain-bench 200 "$PY" -m ssl4gie.bench.pretrain "${PRETRAIN[@]}"
+part pretrain-loader 150 "$PY" -m ssl4gie.bench.pretrain "${LOADER[@]}"
+part detection-loader 90 "$PY" -m ssl4gie.bench.gpu "${DET_LOADER[@]}"
 rm -rf "$WORK"
 
 echo

@@ -23,7 +23,7 @@ def readme_commands() -> list[list[str]]:
     for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
             command: list[str] = []
-            for word in shlex.split(line, comments=True) + ["&&"]:
+            for word in [*shlex.split(line, comments=True), "&&"]:
                 if word == "&&":
                     commands += [command] if command else []
                     command = []

@@ -200,8 +200,9 @@ class BatchFeed:
 
     @staticmethod
     def count(batch: dict) -> int:
-        """Images in ``batch`` (what the rates count)."""
-        return len(batch["image"])
+        """Images in ``batch`` (what the rates count): one per ``meta`` entry (a batch of encoded frames for the
+        device has no ``image`` yet)."""
+        return len(batch["meta"] if "meta" in batch else batch["image"])
 
     def __iter__(self) -> Iterator[dict]:
         for _ in range(self.n):

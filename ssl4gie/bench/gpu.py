@@ -25,6 +25,7 @@ so that an interrupted suite still leaves its finished cases)::
     python -m ssl4gie.bench.gpu --tasks detection --backbones vit_b --micro-batch 4
     python -m ssl4gie.bench.gpu --loader-only --device cpu                 # per-worker loader rates, any machine
     python -m ssl4gie.bench.gpu --tiny --device cpu                        # tiny models and inputs, minutes on CPU
+    python -m ssl4gie.bench.gpu --loader --tasks detection --device cpu --json det.json   # loader records
 """
 
 from __future__ import annotations
@@ -118,6 +119,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--loader-only", action="store_true", help="only the per-worker loader rates (no training)"
     )
+    p.add_argument(
+        "--loader",
+        action="store_true",
+        help="only the training loader of each case in both modes (augmentation in the workers or on the device): "
+        "one record per task × backbone × mode (--json)",
+    )
+    p.add_argument("--json", default=None, help="--loader: the records' JSON file (a list of records)")
+    p.add_argument(
+        "--loader-rounds", type=int, default=3, help="--loader: the modes take turns this many times"
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(
         "--work-dir", default=None, help="synthetic data + decoded cache; default .cache/ssl4gie/bench"
@@ -208,9 +219,9 @@ def measure_case(cfg: DictConfig, args: argparse.Namespace, cache_dir: Path, scr
         task.augment_on_device = trainer.augment_on_device  # as ssl4gie.run.pipeline does
         train_set = task.build_datasets(reader, ["train"], str(cache_dir), False)["train"]
         facts.update(measure_training(trainer, train_set, args, peak))
-    # The loader of a GPU run on any machine: decoded cache + collate in the workers, augmentation on the device.
-    # Detection has no device path (boxes): its workers always augment.
-    task.augment_on_device = task.name != "detection"
+    # The loader of a GPU run on any machine: the workers read (decoded cache, or detection's JPEG bytes) and collate;
+    # augmentation (detection: also decoding) happens on the device.
+    task.augment_on_device = True
     loader_set = task.build_datasets(reader, ["train"], str(cache_dir), False)["train"]
     rates = bench_tools.loader_rates(trainer, loader_set, args.loader_workers, args.loader_batches)
     per_worker = {str(w): r / w for w, r in rates.items()}
@@ -360,18 +371,148 @@ def run(args: argparse.Namespace) -> dict:
     return results
 
 
+# ---------------------------------------------------------------------------------------------------- --loader
+#: Every key of a loader record (``--loader --json``), as :data:`ssl4gie.bench.pretrain.LOADER_KEYS` with ``task``
+#: for ``method``. ``decode_size``: null = images at full size (detection), else the decode-once cache's size.
+LOADER_KEYS = (
+    "task", "backbone", "mode", "decode_size", "frames_per_s_per_worker", "rounds_frames_per_s_per_worker",
+    "device_frames_per_s", "device", "workers", "batch_size", "machine",
+)  # fmt: skip
+
+
+def device_augment_rate(task, dataset, device: torch.device, batch_size: int, batches: int) -> float:
+    """Images/s of ``task.augment_batch`` on ``device`` (detection: decode + augmentation) over ``batches``
+    collated batches, after one untimed batch."""
+    from ssl4gie.data.collate import collate
+    from ssl4gie.engine.trainer import to_device
+
+    count, seconds = 0, 0.0
+    for b in range(batches + 1):
+        batch = collate([dataset[(b * batch_size + j) % len(dataset)] for j in range(batch_size)])
+        batch = to_device(batch, device)
+        _sync(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, enabled=False):
+            task.augment_batch(batch)
+        _sync(device)
+        if b:
+            seconds += time.perf_counter() - start
+            count += len(batch["meta"])
+    return count / seconds
+
+
+def loader_records(
+    cfg: DictConfig, args: argparse.Namespace, cache_dir: Path, scratch: Path, machine
+) -> list:
+    """Both modes of one case's training loader: frames/s per worker (median of ``--loader-rounds`` turns) and, in
+    device mode, the rate of the device step."""
+    task, reader, trainer = build_trainer(cfg, scratch, "bench-gpu-loader")
+    sets = {}
+    for mode in ("worker", "device"):
+        task.augment_on_device = mode == "device"
+        sets[mode] = task.build_datasets(reader, ["train"], str(cache_dir), False)["train"]
+    workers = args.loader_workers[0]
+    rates = bench_tools.dataset_rates(
+        sets, workers, trainer.micro_batch, args.loader_batches, args.loader_rounds
+    )
+    decode_size = None if task.name == "detection" else int(task.input_size)
+    records = []
+    for mode, per_round in rates.items():
+        task.augment_on_device = mode == "device"
+        on_device = None
+        if mode == "device":
+            on_device = device_augment_rate(task, sets[mode], trainer.device, trainer.micro_batch, 2)
+        records.append(
+            {
+                "task": task.name,
+                "backbone": cfg.backbone.name,
+                "mode": mode,
+                "decode_size": decode_size,
+                "frames_per_s_per_worker": bench_tools.median(per_round),
+                "rounds_frames_per_s_per_worker": per_round,
+                "device_frames_per_s": on_device,
+                "device": str(trainer.device) if mode == "device" else None,
+                "workers": workers,
+                "batch_size": trainer.micro_batch,
+                "machine": machine,
+            }
+        )
+    return records
+
+
+def run_loader(args: argparse.Namespace) -> dict:
+    """``--loader``: the records of every selected case (also written to ``--json`` after each case)."""
+    from ssl4gie.engine.device import resolve_device
+    from ssl4gie.utils.io import write_json
+
+    start = time.perf_counter()
+    device = resolve_device(args.device)
+    work = Path(
+        args.work_dir or Path(os.environ.get("SSL4GIE_CACHE_DIR", ".cache/ssl4gie")) / "bench"
+    ).expanduser()
+    out = Path(
+        args.json or Path(os.environ.get("SSL4GIE_OUTPUT_DIR", "outputs")) / "bench" / "gpu-loader.json"
+    )
+    roots = bench_tools.write_data(work, {DATA_OF[DATASETS[t]] for t in args.tasks}, args.tiny)
+    machine = machine_info(device)
+    records: list[dict] = []
+    for task in args.tasks:
+        for backbone in args.backbones:
+            log.info("loader: %s / %s, worker and device modes in turns", task, backbone)
+            with tempfile.TemporaryDirectory(prefix="loader-", dir=work) as scratch:
+                cfg = compose_case(task, backbone, args, roots)
+                records += loader_records(cfg, args, work / "decoded", Path(scratch), machine)
+            machine["load_avg_end"] = round(os.getloadavg()[0], 2)
+            write_json(out, [_rounded(r) for r in records])
+    return {
+        "records": [_rounded(r) for r in records],
+        "out": str(out),
+        "elapsed_s": time.perf_counter() - start,
+    }
+
+
+def format_loader_table(results: dict) -> str:
+    from tabulate import tabulate
+
+    records = results["records"]
+    worker = {
+        (r["task"], r["backbone"]): r["frames_per_s_per_worker"] for r in records if r["mode"] == "worker"
+    }
+    rows = [
+        [
+            r["task"], r["backbone"], r["mode"], r["decode_size"] or "full", _fmt(r["frames_per_s_per_worker"], ".1f"),
+            " / ".join(f"{v:.1f}" for v in r["rounds_frames_per_s_per_worker"]),
+            f"{r['frames_per_s_per_worker'] / worker[r['task'], r['backbone']]:.1f}×",
+            _fmt(r["device_frames_per_s"], ".1f"),
+        ]
+        for r in records
+    ]  # fmt: skip
+    headers = ["task", "backbone", "mode", "decode", "images/s/worker (median)", "rounds", "vs worker",
+               "device step images/s"]  # fmt: skip
+    m = records[0]["machine"] if records else {}
+    where = m.get("gpu") or f"{m.get('cpu_model')}, {m.get('cpus_available')} cores"
+    head = f"training loaders — {where}, load {m.get('load_avg_start')}→{m.get('load_avg_end')}"
+    return "\n".join([head, tabulate(rows, headers=headers, disable_numparse=True), f"→ {results['out']}"])
+
+
 def _rounded(value):
     if isinstance(value, float):
         return float(f"{value:.4g}") if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
     return value
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status: 0, or 1 when a case failed other than by OOM (a user
     error exits with status 2)."""
-    results = bench.run_command(parse_args(argv), run, format_table)
+    args = parse_args(argv)
+    if args.loader:
+        bench.run_command(args, run_loader, format_loader_table)
+        return 0
+    results = bench.run_command(args, run, format_table)
     return 1 if any(c["status"] == "error" for c in results["cases"]) else 0
 
 

@@ -23,12 +23,20 @@ learning-rate schedule is left out (it does not change the speed).
 gradient accumulation: the whole batch goes through one forward pass). Without ``--data`` it writes ``--frames``
 synthetic frames in HyperKvasir's unlabelled layout once (sides 576–1280 px, like the release's 720×576 …
 1280×1024; about 0.3–0.8 s of CPU each) into ``--work-dir`` and reuses them; the training loader cycles them.
-Results: a table on stdout and JSON (``--out``, rewritten after every pair)::
+Results: a table on stdout and JSON (``--out``, rewritten after every pair).
+
+``--loader`` measures the loaders alone, no model: for every pair, frames/s per worker (``--loader-workers``, batches
+of ``--loader-batch``, the median of ``--loader-rounds`` turns) of each mode of :func:`loader_modes`: views made in
+the workers (``worker``) from the decode-once cache (``--decode-size``, 320 by default: the former default) and
+from the full-size JPEG; views made on the device (``device``: the workers read the bytes and draw the parameters)
+from the JPEG's bytes and from the cache; for the device modes also the rate of the device's decode + augmentation
+step. ``--json`` gets a list of records (:data:`LOADER_KEYS`)::
 
     python -m ssl4gie.bench.pretrain                                  # MoCo v3 × ResNet-50, 224², batch 8
     python -m ssl4gie.bench.pretrain --ssl mae --backbone vit_b --batch-size 128 --device cuda
     python -m ssl4gie.bench.pretrain --all --device cuda --batch-size 128 --workers 8 --frames 32
     python -m ssl4gie.bench.pretrain --all --tiny --input-size 64 --device cpu    # a functional check
+    python -m ssl4gie.bench.pretrain --loader --all --json loader.json            # the loaders' records
 """
 
 from __future__ import annotations
@@ -68,7 +76,7 @@ def ssl_pairs() -> list[tuple[str, str]]:
 #: Every key of a pair's record in the JSON (None where not measured: CUDA memory and MFU on a CPU, a failure).
 #: Rates are frames/s; ``params_m``: every parameter of the model, the momentum copy included.
 PAIR_KEYS = (
-    "ssl", "backbone", "status", "error", "views", "params_m", "loader_cache_per_worker",
+    "ssl", "backbone", "status", "error", "views", "gpu_augment", "params_m", "loader_cache_per_worker",
     "loader_jpeg_per_worker", "loader_speedup", "train_images_per_s", "train_images_per_s_preloaded",
     "data_wait_fraction", "step_time_s", "train_flops_per_image", "mfu", "workers_per_device",
     "peak_rss_mb", "peak_cuda_mb", "elapsed_s",
@@ -102,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--loader-frames", type=int, default=64, help="samples per loader pass (the frames are cycled)"
     )
     p.add_argument(
-        "--loader-rounds", type=int, default=2, help="cache and JPEG loader passes, in turns, per pair"
+        "--loader-rounds", type=int, default=3, help="cache and JPEG loader passes, in turns, per pair"
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
@@ -125,8 +133,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out", default=None, help="JSON file; unset: <paths.output_root>/bench/pretrain-<...>.json"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--loader",
+        action="store_true",
+        help="only the loader: frames/s per worker of every mode (views made in the workers or on the device) and "
+        "decode size, one record each (--json)",
+    )
+    p.add_argument("--json", default=None, help="--loader: the records' JSON file (a list of records)")
+    p.add_argument("--loader-batch", type=int, default=32, help="--loader: samples per batch")
+    p.add_argument("--loader-batches", type=int, default=4, help="--loader: timed batches per mode and round")
+    p.add_argument(
+        "--decode-size",
+        type=int,
+        default=None,
+        help="--loader: the decode-once size to compare (unset: 320, the former default)",
+    )
     args = p.parse_args(argv)
-    for name in ("batch_size", "steps", "frames", "loader_frames", "loader_rounds"):
+    for name in (
+        "batch_size",
+        "steps",
+        "frames",
+        "loader_frames",
+        "loader_rounds",
+        "loader_batch",
+        "loader_batches",
+    ):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0 or args.loader_workers < 0:
@@ -241,7 +272,9 @@ def measure_pair(cfg: DictConfig, args: argparse.Namespace, cache_dir: Path, scr
     task, reader, trainer = build_trainer(cfg, scratch / "output", "bench-pretrain")
     train_set = task.build_datasets(reader, ["train"], str(cache_dir), False)["train"]
     facts = {
-        "views": 2 if task.method.two_views else 1,
+        "views": len(task.method.inputs),
+        # views decoded and augmented on the device (trainer.gpu_augment): then the training rates include it
+        "gpu_augment": bool(trainer.augment_on_device),
         "params_m": sum(p.numel() for p in trainer.model.parameters()) / 1e6,
     }
 
@@ -418,6 +451,153 @@ def run(args: argparse.Namespace) -> dict:
     return results
 
 
+# ---------------------------------------------------------------------------------------------------- --loader
+#: Every key of a loader record (``--loader --json``; one per method × backbone × mode × decode size). Rates are
+#: frames/s; ``frames_per_s_per_worker`` is the median over ``rounds`` (``rounds_frames_per_s_per_worker``).
+#: ``device_frames_per_s``: device mode only, the rate of the decode + augmentation step on ``device`` (one
+#: process: what the training process adds to each step).
+LOADER_KEYS = (
+    "method", "backbone", "mode", "decode_size", "frames_per_s_per_worker", "rounds_frames_per_s_per_worker",
+    "device_frames_per_s", "device", "workers", "batch_size", "input_size", "frame_sizes", "machine",
+)  # fmt: skip
+
+
+def loader_modes(decode_size: int) -> tuple[tuple[str, int | None], ...]:
+    """(mode, decode size) pairs measured: the views made in the workers from the decode-once cache (the former
+    default) and from the full-size JPEG (the official codebases' way), made on the device from the JPEG's bytes
+    (the default on a GPU) and from the decode-once cache."""
+    return (("worker", decode_size), ("worker", None), ("device", None), ("device", decode_size))
+
+
+def device_rate(dataset, views, device: torch.device, batch_size: int, batches: int) -> float:
+    """Frames/s of :meth:`DeviceViews.apply` on ``device`` (decode + augmentation of ``batches`` batches already
+    collated, after one untimed batch)."""
+    from ssl4gie.bench.finetune import _sync
+    from ssl4gie.data.collate import collate
+    from ssl4gie.engine.trainer import to_device
+
+    prepared = []
+    for b in range(batches + 1):
+        batch = collate([dataset[(b * batch_size + j) % len(dataset)] for j in range(batch_size)])
+        prepared.append(to_device(batch, device))
+    count, seconds = 0, 0.0
+    for b, batch in enumerate(prepared):
+        _sync(device)
+        start = time.perf_counter()
+        views.apply(batch["frame"], batch["crops"], batch["params"])
+        _sync(device)
+        if b:  # the first batch warms up (kernels, allocator)
+            seconds += time.perf_counter() - start
+            count += len(batch["meta"])
+    return count / seconds
+
+
+def run_loader(args: argparse.Namespace) -> dict:
+    """``--loader``: the records of every selected pair (also written to ``--json``)."""
+    from ssl4gie.bench import tools
+    from ssl4gie.data.device_views import DeviceViews
+    from ssl4gie.data.ssl_transforms import worker_views
+    from ssl4gie.data.unlabelled import DEFAULT_DECODE_SIZE, PretrainImages
+    from ssl4gie.engine.device import resolve_device
+    from ssl4gie.utils.io import write_json
+
+    start = time.perf_counter()
+    first = compose_pair(*args.pairs[0], args)
+    work = work_dir(args, first)
+    work.mkdir(parents=True, exist_ok=True)
+    write_frames(args, first)
+    reader = instantiate_checked(first.dataset)
+    device = resolve_device(args.device)
+    machine = machine_info(device)
+    files = [reader.files[i % len(reader.files)] for i in range(max(args.loader_frames, args.loader_batch))]
+    decode_size = args.decode_size or DEFAULT_DECODE_SIZE
+    out = Path(args.json or Path(first.paths.output_root) / "bench" / "pretrain-loader.json")
+    records = []
+    scratch = Path(tempfile.mkdtemp(prefix="loader-", dir=work))
+    try:
+        for ssl, backbone in args.pairs:
+            cfg = compose_pair(ssl, backbone, args)
+            task = instantiate_checked(cfg.task, _recursive_=False)
+            recipes = task.method.views(task.recipe, task.input_size)
+            datasets, views = {}, {}
+            for mode, size in loader_modes(decode_size):
+                views[mode, size] = DeviceViews(recipes) if mode == "device" else worker_views(recipes)
+                cache = scratch / "decoded" if size else None  # built once, by the first pair; not timed
+                datasets[mode, size] = PretrainImages(
+                    files, views[mode, size], size, cache, "bench", progress=False, root=reader.root
+                )
+            log.info(
+                "loader: %s × %s, %d modes in turns, %d round(s)",
+                ssl,
+                backbone,
+                len(datasets),
+                args.loader_rounds,
+            )
+            rates = tools.dataset_rates(
+                datasets, args.loader_workers, args.loader_batch, args.loader_batches, args.loader_rounds
+            )
+            for (mode, size), per_round in rates.items():
+                on_device = None
+                if mode == "device":  # a CPU standing in for the device is slow at it: a smaller batch there
+                    batch = args.loader_batch if device.type == "cuda" else min(args.loader_batch, 8)
+                    on_device = device_rate(datasets[mode, size], views[mode, size], device, batch, 2)
+                records.append(
+                    {
+                        "method": ssl,
+                        "backbone": backbone,
+                        "mode": mode,
+                        "decode_size": size,
+                        "frames_per_s_per_worker": tools.median(per_round),
+                        "rounds_frames_per_s_per_worker": per_round,
+                        "device_frames_per_s": on_device,
+                        "device": str(device) if mode == "device" else None,
+                        "workers": args.loader_workers,
+                        "batch_size": args.loader_batch,
+                        "input_size": int(task.input_size),
+                        "frame_sizes": None if args.data else list(args.frame_sizes),
+                        "machine": machine,
+                    }
+                )
+            machine["load_avg_end"] = round(os.getloadavg()[0], 2)
+            write_json(out, _rounded(records))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"records": _rounded(records), "out": str(out), "elapsed_s": round(time.perf_counter() - start, 1)}
+
+
+def format_loader_table(results: dict) -> str:
+    """The loader records as a table, with each pair's device-at-full-size ÷ worker-from-cache ratio."""
+    from tabulate import tabulate
+
+    records = results["records"]
+    baseline = {
+        (r["method"], r["backbone"]): r["frames_per_s_per_worker"]
+        for r in records
+        if r["mode"] == "worker" and r["decode_size"] is not None
+    }
+    rows = [
+        [
+            r["method"], r["backbone"], r["mode"], r["decode_size"] or "full",
+            _fmt(r["frames_per_s_per_worker"], ".1f"),
+            " / ".join(f"{v:.1f}" for v in r["rounds_frames_per_s_per_worker"]),
+            _fmt(r["frames_per_s_per_worker"] / baseline[r["method"], r["backbone"]], ".1f") + "×",
+            _fmt(r["device_frames_per_s"], ".1f"),
+        ]
+        for r in records
+    ]  # fmt: skip
+    headers = [
+        "method", "backbone", "mode", "decode", "frames/s/worker (median)", "rounds",
+        "vs worker from cache", "device decode+augment frames/s",
+    ]  # fmt: skip
+    m = records[0]["machine"] if records else {}
+    where = m.get("gpu") or f"{m.get('cpu_model')}, {m.get('cpus_available')} cores"
+    head = (
+        f"pretraining loader, {records[0]['workers'] if records else '?'} worker(s), batches of "
+        f"{records[0]['batch_size'] if records else '?'} — {where}, load {m.get('load_avg_start')}→{m.get('load_avg_end')}"
+    )
+    return "\n".join([head, tabulate(rows, headers=headers, disable_numparse=True), f"→ {results['out']}"])
+
+
 def _rounded(value):
     if isinstance(value, float):
         return float(f"{value:.4g}") if math.isfinite(value) else None
@@ -481,7 +661,11 @@ def format_table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status: 0, or 1 when a pair failed other than by OOM (a user
     error exits with status 2)."""
-    results = bench.run_command(parse_args(argv), run, format_table)
+    args = parse_args(argv)
+    if args.loader:
+        bench.run_command(args, run_loader, format_loader_table)
+        return 0
+    results = bench.run_command(args, run, format_table)
     return 1 if any(c["status"] == "error" for c in results["pairs"]) else 0
 
 

@@ -122,6 +122,46 @@ def loader_rates(trainer, dataset: Dataset, workers: Sequence[int], batches: int
     return rates
 
 
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def dataset_rates(
+    datasets: dict[str, Dataset], workers: int, batch_size: int, batches: int, rounds: int
+) -> dict[str, list[float]]:
+    """Samples/s per worker of each dataset through a DataLoader (``workers`` workers, the engine's collate and
+    worker seeding), per round: the datasets take turns ``rounds`` times, each turn a fresh loader whose first
+    batch per worker (start-up) is not timed, so that a change in the machine's load hits every dataset alike.
+    ``workers=0`` measures the main process (reported per worker as one)."""
+    from torch.utils.data import DataLoader
+
+    from ssl4gie.data.collate import collate
+    from ssl4gie.utils.seed import seed_worker
+
+    rates: dict[str, list[float]] = {name: [] for name in datasets}
+    for _ in range(rounds):
+        for name, dataset in datasets.items():
+            data = repeated(dataset, (batches + max(workers, 1)) * batch_size)
+            loader = DataLoader(
+                data,
+                batch_size=batch_size,
+                num_workers=workers,
+                collate_fn=collate,
+                worker_init_fn=seed_worker,
+            )
+            feed = BatchFeed(loader)
+            for _ in feed.take(max(workers, 1)):
+                pass
+            start = time.perf_counter()
+            for _ in feed.take(batches):
+                pass
+            rates[name].append(feed.images / (time.perf_counter() - start) / max(workers, 1))
+            feed.iterator = None  # ends the workers before the next turn
+    return rates
+
+
 def data_specs(tiny: bool) -> dict[str, tuple]:
     """Synthetic datasets per data folder: (writer, its keyword arguments).
 

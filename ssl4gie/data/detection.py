@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,18 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ssl4gie.data.device_views import (
+    COLUMN,
+    EncodedFrame,
+    colour_jitter,
+    draw_params,
+    gaussian_blur,
+    read_encoded,
+)
 from ssl4gie.data.readers import Reader, list_images, log_hidden, open_image, require_dir
+from ssl4gie.data.ssl_transforms import ViewRecipe
 from ssl4gie.data.synthetic import write_kvasir_seg
-from ssl4gie.data.transforms import photometric
+from ssl4gie.data.transforms import STUDY_BLUR_KERNEL, STUDY_BLUR_SIGMA, STUDY_JITTER, photometric
 from ssl4gie.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -181,6 +190,14 @@ class KvasirDetection(Reader):
 
 
 # ---------------------------------------------------------------------------------------------- box geometry
+def rot90_boxes(boxes: tv_tensors.BoundingBoxes) -> tv_tensors.BoundingBoxes:
+    """The boxes of an image rotated 90° counter-clockwise (:func:`rot90`)."""
+    height, width = boxes.canvas_size
+    x0, y0, x1, y1 = boxes.as_subclass(torch.Tensor).unbind(-1)
+    rotated = torch.stack([y0, width - x1, y1, width - x0], dim=-1)
+    return tv_tensors.BoundingBoxes(rotated, format="XYXY", canvas_size=(width, height))
+
+
 def rot90(
     image: torch.Tensor, boxes: tv_tensors.BoundingBoxes
 ) -> tuple[torch.Tensor, tv_tensors.BoundingBoxes]:
@@ -189,11 +206,20 @@ def rot90(
     With the pre-rotation width W (SPEC 3.2): xmin' = ymin, xmax' = ymax, ymin' = W − xmax, ymax' = W − xmin.
     torchvision.transforms.v2 has no exact rot90 (``rotate(expand=True)`` resamples), hence this function.
     """
-    height, width = boxes.canvas_size
-    x0, y0, x1, y1 = boxes.as_subclass(torch.Tensor).unbind(-1)
-    rotated = torch.stack([y0, width - x1, y1, width - x0], dim=-1)
     out = tv_tensors.wrap(torch.rot90(image.as_subclass(torch.Tensor), 1, dims=(-2, -1)), like=image)
-    return out, tv_tensors.BoundingBoxes(rotated, format="XYXY", canvas_size=(width, height))
+    return out, rot90_boxes(boxes)
+
+
+def move_boxes(boxes: tv_tensors.BoundingBoxes, geometry: Sequence[bool]) -> tv_tensors.BoundingBoxes:
+    """Boxes after the train transform's geometric steps that ``geometry`` (rot90, hflip, vflip) switches on."""
+    rotate, hflip, vflip = geometry
+    if rotate:
+        boxes = rot90_boxes(boxes)
+    if hflip:
+        boxes = F.horizontal_flip(boxes)
+    if vflip:
+        boxes = F.vertical_flip(boxes)
+    return boxes
 
 
 class DetectionTrainTransform:
@@ -221,6 +247,68 @@ class DetectionTrainTransform:
 CANVAS_RULES = ("fit", "study")
 
 
+@dataclass(frozen=True)
+class CanvasPlan:
+    """How an image goes onto the square canvas (:func:`canvas_plan`): zero columns/rows added at the right/bottom
+    first (``odd_pad``, the study's rule), resized to ``resized`` (h, w; bicubic, antialiased), zero ``padding``
+    (left, top, right, bottom) around it; ``mapping`` = ``{"scale": (sx, sy), "offset": (left, top)}`` with
+    canvas = original · scale + offset."""
+
+    odd_pad: tuple[int, int]
+    resized: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    mapping: dict
+
+
+def canvas_plan(height: int, width: int, size: int, rule: str = "fit") -> CanvasPlan:
+    """The plan of :func:`to_canvas` for a ``height``×``width`` image (its rules there)."""
+    odd_pad = (0, 0)
+    new_h, new_w = height, width
+    if rule == "study" and (height > size or width > size):
+        odd_pad = (width % 2, height % 2)  # no shift of box coordinates
+        new_h, new_w = (height + height % 2) // 2, (width + width % 2) // 2
+        if new_h > size or new_w > size:
+            raise DatasetError(
+                f"a {height}×{width} image does not fit task.canvas_size={size} after the study's halving "
+                "(task.protocol=study); use task.protocol=ssl4gie, which scales it to fit"
+            )
+        scale = (0.5, 0.5)
+    else:
+        if height > size or width > size:
+            factor = min(size / height, size / width)
+            new_h, new_w = max(1, min(size, round(height * factor))), max(1, min(size, round(width * factor)))
+        scale = (new_w / width, new_h / height)
+    left, top = (size - new_w) // 2, (size - new_h) // 2
+    padding = (left, top, size - new_w - left, size - new_h - top)
+    return CanvasPlan(odd_pad, (new_h, new_w), padding, {"scale": scale, "offset": (left, top)})
+
+
+def canvas_image(image: torch.Tensor, plan: CanvasPlan) -> torch.Tensor:
+    """``image`` (… × H × W, uint8 or float, any device) placed on the canvas as ``plan`` says."""
+    if any(plan.odd_pad):
+        image = F.pad(image, [0, 0, *plan.odd_pad], fill=0)
+    if tuple(image.shape[-2:]) != plan.resized:
+        image = F.resize(
+            image, list(plan.resized), interpolation=v2.InterpolationMode.BICUBIC, antialias=True
+        )
+    return F.pad(image, list(plan.padding), fill=0)
+
+
+def canvas_boxes(boxes: tv_tensors.BoundingBoxes, plan: CanvasPlan) -> tv_tensors.BoundingBoxes:
+    """``boxes`` in the canvas frame of ``plan`` (canvas = original · scale + offset)."""
+    sx, sy = plan.mapping["scale"]
+    left, top = plan.mapping["offset"]
+    plain = boxes.as_subclass(torch.Tensor)
+    moved = plain * torch.tensor([sx, sy, sx, sy], dtype=plain.dtype) + torch.tensor(
+        [left, top, left, top], dtype=plain.dtype
+    )
+    size = (
+        plan.resized[0] + plan.padding[1] + plan.padding[3],
+        plan.resized[1] + plan.padding[0] + plan.padding[2],
+    )
+    return tv_tensors.BoundingBoxes(moved, format="XYXY", canvas_size=size)
+
+
 def to_canvas(
     image: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes, size: int, rule: str = "fit"
 ) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes, dict]:
@@ -233,31 +321,9 @@ def to_canvas(
     the mapping ``{"scale": (sx, sy), "offset": (left, top)}``: canvas = original · scale + offset (see
     :func:`from_canvas`).
     """
-    height, width = image.shape[-2:]
-    new_h, new_w = height, width
-    if rule == "study" and (height > size or width > size):
-        image = F.pad(image, [0, 0, width % 2, height % 2], fill=0)  # no shift of box coordinates
-        new_h, new_w = (height + height % 2) // 2, (width + width % 2) // 2
-        if new_h > size or new_w > size:
-            raise DatasetError(
-                f"a {height}×{width} image does not fit task.canvas_size={size} after the study's halving "
-                "(task.protocol=study); use task.protocol=ssl4gie, which scales it to fit"
-            )
-        image = F.resize(image, [new_h, new_w], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
-        boxes = tv_tensors.wrap(boxes.as_subclass(torch.Tensor) / 2, like=boxes, canvas_size=(new_h, new_w))
-        left, top = (size - new_w) // 2, (size - new_h) // 2
-        padding = [left, top, size - new_w - left, size - new_h - top]
-        image, boxes = F.pad(image, padding, fill=0), F.pad(boxes, padding)
-        return image, boxes, {"scale": (0.5, 0.5), "offset": (left, top)}
-    if height > size or width > size:
-        factor = min(size / height, size / width)
-        new_h, new_w = max(1, min(size, round(height * factor))), max(1, min(size, round(width * factor)))
-        image = F.resize(image, [new_h, new_w], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
-        boxes = F.resize(boxes, [new_h, new_w])
-    left, top = (size - new_w) // 2, (size - new_h) // 2
-    padding = [left, top, size - new_w - left, size - new_h - top]
-    image, boxes = F.pad(image, padding, fill=0), F.pad(boxes, padding)
-    return image, boxes, {"scale": (new_w / width, new_h / height), "offset": (left, top)}
+    plan = canvas_plan(*image.shape[-2:], size, rule)
+    placed = tv_tensors.wrap(canvas_image(image.as_subclass(torch.Tensor), plan), like=image)
+    return placed, canvas_boxes(boxes, plan), plan.mapping
 
 
 def from_canvas(boxes: torch.Tensor, canvas: dict, orig_size: tuple[int, int]) -> torch.Tensor:
@@ -289,16 +355,63 @@ class DetectionDataset(Dataset):
         train: bool,
         canvas_size: int | None,
         canvas_rule: str = "fit",
+        device_augment: bool = False,
     ) -> None:
         self.items = [reader.items[i] for i in indices]
         self.indices, self.train, self.canvas_size = list(indices), train, canvas_size
         self.canvas_rule = canvas_rule
         self.transform = DetectionTrainTransform() if train else None
+        self.device_augment = bool(train and device_augment)
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def _meta(self, i: int, canvas: dict) -> dict:
+        item = self.items[i]
+        return {
+            "name": item.name,
+            "index": self.indices[i],
+            "image_path": str(item.image),
+            "orig_size": item.size,
+            "canvas": canvas,
+        }
+
+    def _device_sample(self, i: int) -> dict:
+        """A training sample for augmentation on the device (:func:`augment_on_device`): the JPEG's bytes (other
+        formats decoded here), the photometric parameters (``params``, :data:`ssl4gie.data.device_views.PARAMS`)
+        and the geometric steps drawn (``geometry``: rot90, hflip, vflip), with the boxes already moved by them
+        and placed on the canvas; ``meta["plan"]`` tells the device where the image goes."""
+        item = self.items[i]
+        source = read_encoded(item.image)
+        if isinstance(source, EncodedFrame):
+            frame, size = source.data, (source.height, source.width)
+        else:
+            frame = torch.from_numpy(np.asarray(source)).permute(2, 0, 1).contiguous()
+            size = tuple(frame.shape[-2:])
+        if size != item.size:
+            raise DatasetError(
+                f"image {item.image} changed since the dataset was read ({item.size} -> {size}); restart the run"
+            )
+        params = torch.from_numpy(draw_params(STUDY_PHOTOMETRIC))
+        geometry = np.array([bool(torch.rand(()) < self.transform.p) for _ in range(3)])
+        boxes = tv_tensors.BoundingBoxes(torch.from_numpy(item.boxes), format="XYXY", canvas_size=item.size)
+        boxes = move_boxes(boxes, geometry)
+        plan, canvas = None, dict(IDENTITY_CANVAS)
+        if self.canvas_size is not None:
+            plan = canvas_plan(*boxes.canvas_size, self.canvas_size, self.canvas_rule)
+            boxes, canvas = canvas_boxes(boxes, plan), plan.mapping
+        labels = torch.full((len(item.boxes),), POLYP, dtype=torch.int64)
+        return {
+            "frame": frame,
+            "params": params,
+            "geometry": geometry,
+            "target": {"boxes": boxes.as_subclass(torch.Tensor).float(), "labels": labels},
+            "meta": {**self._meta(i, canvas), "plan": plan},
+        }
+
     def __getitem__(self, i: int) -> dict:
+        if self.device_augment:
+            return self._device_sample(i)
         item = self.items[i]
         pixels = torch.from_numpy(np.array(open_image(item.image, "RGB"))).permute(2, 0, 1)
         if tuple(pixels.shape[-2:]) != item.size:
@@ -317,14 +430,45 @@ class DetectionDataset(Dataset):
         sample = {
             "image": image.as_subclass(torch.Tensor).float() / 255.0,
             "target": {"boxes": boxes.as_subclass(torch.Tensor).float(), "labels": labels},
-            "meta": {
-                "name": item.name,
-                "index": self.indices[i],
-                "image_path": str(item.image),
-                "orig_size": item.size,
-                "canvas": canvas,
-            },
+            "meta": self._meta(i, canvas),
         }
         if not self.train:
             sample["target_native"] = {"boxes": torch.from_numpy(item.boxes.copy()), "labels": labels.clone()}
         return sample
+
+
+#: The study's photometric steps (:func:`ssl4gie.data.transforms.photometric`) as a view recipe for the device: colour
+#: jitter and blur on every image. No crop (the detector sees the whole image; the recipe's crop fields are unused)
+#: and no flip here: the flips and the rotation are the box geometry's (``geometry``).
+STUDY_PHOTOMETRIC = ViewRecipe(
+    size=1,
+    scale=(1.0, 1.0),
+    jitter_p=1.0,
+    jitter=STUDY_JITTER,
+    blur_p=1.0,
+    blur_sigma=STUDY_BLUR_SIGMA,
+    flip_p=0.0,
+)
+
+
+def augment_on_device(
+    image: torch.Tensor, params: torch.Tensor, geometry: Sequence[bool], plan: CanvasPlan | None
+) -> torch.Tensor:
+    """The study's training augmentation of one decoded image (uint8 3×H×W, any device) with the parameters a
+    worker drew (:meth:`DetectionDataset._device_sample`): colour jitter in its random order, the 25-tap Gaussian
+    blur (reflected borders, as torchvision's), rot90 / flips, then the canvas. Float 3×h×w in [0, 1]; the
+    photometric steps keep floats where the worker path rounds to uint8 in between."""
+    x = image[None].float() / 255
+    p = params[None].float()
+    x = colour_jitter(x, p)
+    x = gaussian_blur(x, p[:, COLUMN["sigma"]], STUDY_BLUR_KERNEL, border="reflect")[0]
+    rotate, hflip, vflip = (bool(g) for g in geometry)
+    if rotate:
+        x = torch.rot90(x, 1, dims=(-2, -1))
+    if hflip:
+        x = x.flip(-1)
+    if vflip:
+        x = x.flip(-2)
+    if plan is not None:
+        x = canvas_image(x, plan).clamp_(0, 1)  # bicubic overshoots
+    return x

@@ -38,6 +38,7 @@ every later step (colour jitter, greyscale, Gaussian blur, solarize) commutes wi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -55,6 +56,38 @@ INTERPOLATIONS = {
 BLUR_SIGMA = (0.1, 2.0)
 SOLARIZE_THRESHOLD = 128
 CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect range, used by all three recipes
+JITTER = (0.4, 0.4, 0.2, 0.1)  # ColorJitter(brightness, contrast, saturation, hue) of the BYOL recipe
+
+
+@dataclass(frozen=True)
+class ViewRecipe:
+    """One view of a frame as data: the steps of the official pipeline and their probabilities, in the official
+    order RandomResizedCrop(``size``, ``scale``, ``ratio``, ``interpolation``) → colour jitter (``jitter``: the
+    ColorJitter strengths, p ``jitter_p``) → greyscale (p ``grayscale_p``) → PIL Gaussian blur (σ ~
+    U[``blur_sigma``], p ``blur_p``) → solarize (threshold 128, p ``solarize_p``) → horizontal flip (p
+    ``flip_p``; ``flip_first``: right after the crop, Barlow Twins' order). A step with p 0 is left out.
+
+    The loader-worker views (:func:`worker_views`) and the device views
+    (:class:`ssl4gie.data.device_views.DeviceViews`) are both built from these, so they cannot drift apart.
+    """
+
+    size: int
+    scale: tuple[float, float]
+    interpolation: str = "bilinear"
+    jitter_p: float = 0.0
+    grayscale_p: float = 0.0
+    blur_p: float = 0.0
+    solarize_p: float = 0.0
+    flip_p: float = 0.5
+    flip_first: bool = False
+    ratio: tuple[float, float] = CROP_RATIO
+    jitter: tuple[float, float, float, float] = JITTER
+    blur_sigma: tuple[float, float] = BLUR_SIGMA
+
+    def __post_init__(self) -> None:
+        _mode(self.interpolation)
+        if not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
+            raise ConfigError(f"crop scale must satisfy 0 < min <= max <= 1, got {list(self.scale)}")
 
 
 def _mode(interpolation: str | v2.InterpolationMode) -> v2.InterpolationMode:
@@ -75,11 +108,13 @@ def _check_probability(name: str, values: Sequence[float]) -> tuple[float, float
     return pair  # type: ignore[return-value]
 
 
-def _crop(size: int, scale: tuple[float, float], interpolation: v2.InterpolationMode) -> v2.RandomResizedCrop:
-    if not 0.0 < scale[0] <= scale[1] <= 1.0:
-        raise ConfigError(f"crop scale must satisfy 0 < min <= max <= 1, got {list(scale)}")
+def _crop(recipe: ViewRecipe) -> v2.RandomResizedCrop:
     return v2.RandomResizedCrop(
-        size, scale=scale, ratio=CROP_RATIO, interpolation=interpolation, antialias=True
+        recipe.size,
+        scale=recipe.scale,
+        ratio=recipe.ratio,
+        interpolation=_mode(recipe.interpolation),
+        antialias=True,
     )
 
 
@@ -110,27 +145,23 @@ class PILGaussianBlur:
         return f"{type(self).__name__}(sigma={self.sigma})"
 
 
-def _view_ops(
-    size: int,
-    crop_min: float,
-    interpolation: v2.InterpolationMode,
-    blur_p: float,
-    solarize_p: float,
-    flip_first: bool,
-) -> v2.Compose:
-    """One branch of the BYOL recipe: frame -> PIL -> augmented uint8 3×size×size tensor (normalised afterwards)."""
-    crop = _crop(size, (crop_min, 1.0), interpolation)
-    flip = v2.RandomHorizontalFlip(0.5)
-    ops: list = [
-        v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-    ]
+def _view_ops(recipe: ViewRecipe) -> v2.Compose:
+    """One view's steps: frame -> PIL -> augmented uint8 3×size×size tensor (normalised afterwards)."""
+    flip = v2.RandomHorizontalFlip(recipe.flip_p)
+    ops: list = []
     # p = 0 leaves the step out, as the official code has no solarize step in view 1 at all
-    if blur_p > 0:
-        ops.append(v2.RandomApply([PILGaussianBlur(BLUR_SIGMA)], p=blur_p))
-    if solarize_p > 0:
-        ops.append(v2.RandomSolarize(threshold=SOLARIZE_THRESHOLD, p=solarize_p))
-    steps = [crop, flip, *ops] if flip_first else [crop, *ops, flip]
+    if recipe.jitter_p > 0:
+        b, c, s, h = recipe.jitter
+        ops.append(
+            v2.RandomApply([v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h)], p=recipe.jitter_p)
+        )
+    if recipe.grayscale_p > 0:
+        ops.append(v2.RandomGrayscale(p=recipe.grayscale_p))
+    if recipe.blur_p > 0:
+        ops.append(v2.RandomApply([PILGaussianBlur(recipe.blur_sigma)], p=recipe.blur_p))
+    if recipe.solarize_p > 0:
+        ops.append(v2.RandomSolarize(threshold=SOLARIZE_THRESHOLD, p=recipe.solarize_p))
+    steps = [_crop(recipe), flip, *ops] if recipe.flip_first else [_crop(recipe), *ops, flip]
     return v2.Compose([to_pil, *steps, v2.PILToTensor()])
 
 
@@ -143,8 +174,9 @@ class TwoViews:
 
     keys = ("view1", "view2")
 
-    def __init__(self, first: v2.Compose, second: v2.Compose) -> None:
+    def __init__(self, first: v2.Compose, second: v2.Compose, recipes: tuple[ViewRecipe, ...] = ()) -> None:
         self.first, self.second = first, second
+        self.recipes = recipes
 
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"view1": normalize(self.first(image)), "view2": normalize(self.second(image))}
@@ -155,11 +187,66 @@ class OneView:
 
     keys = ("image",)
 
-    def __init__(self, ops: v2.Transform) -> None:
+    def __init__(self, ops: v2.Transform, recipes: tuple[ViewRecipe, ...] = ()) -> None:
         self.ops = ops
+        self.recipes = recipes
 
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"image": normalize(self.ops(image))}
+
+
+def byol_recipes(
+    crop_min: float = 0.08,
+    interpolation: str = "bilinear",
+    blur_p: Sequence[float] = (1.0, 0.1),
+    solarize_p: Sequence[float] = (0.0, 0.2),
+    size: int = 224,
+    flip_first: bool = False,
+) -> tuple[ViewRecipe, ViewRecipe]:
+    """The asymmetric two-view recipe (MoCo v3's ``main_moco.py``, Barlow Twins' ``main.py``), per view:
+
+    RandomResizedCrop(size, scale=(crop_min, 1), ratio=(3/4, 4/3), ``interpolation``) → ColorJitter(0.4, 0.4,
+    0.2, 0.1) with p 0.8 → RandomGrayscale p 0.2 → PIL Gaussian blur σ ~ U[0.1, 2] with p ``blur_p[view]`` →
+    solarize (threshold 128) with p ``solarize_p[view]`` → horizontal flip p 0.5 (``flip_first``: right after the
+    crop, Barlow Twins' order) → ImageNet normalisation. MoCo v3: defaults with crop_min 0.2 (RN50) or 0.08 (ViT);
+    Barlow Twins: ``interpolation="bicubic", flip_first=True`` (see the module docstring's table).
+    """
+    blur = _check_probability("blur_p", blur_p)
+    solarize = _check_probability("solarize_p", solarize_p)
+    first, second = (
+        ViewRecipe(
+            size=size,
+            scale=(float(crop_min), 1.0),
+            interpolation=interpolation,
+            jitter_p=0.8,
+            grayscale_p=0.2,
+            blur_p=blur[v],
+            solarize_p=solarize[v],
+            flip_first=flip_first,
+        )
+        for v in range(2)
+    )
+    return first, second
+
+
+def mae_recipes(
+    size: int = 224, crop_scale: Sequence[float] = (0.2, 1.0), interpolation: str = "bicubic"
+) -> tuple[ViewRecipe]:
+    """MAE's pretraining view (``main_pretrain.py``): RandomResizedCrop(size, scale=crop_scale, ratio=(3/4, 4/3),
+    bicubic) → horizontal flip p 0.5 → ImageNet normalisation."""
+    low, high = (float(s) for s in crop_scale)
+    return (ViewRecipe(size=size, scale=(low, high), interpolation=interpolation),)
+
+
+def worker_views(recipes: Sequence[ViewRecipe]) -> TwoViews | OneView:
+    """The views of ``recipes`` made in the loader workers (PIL): :class:`TwoViews` for two, :class:`OneView`
+    for one."""
+    recipes = tuple(recipes)
+    if len(recipes) == 2:
+        return TwoViews(*(_view_ops(r) for r in recipes), recipes=recipes)
+    if len(recipes) == 1:
+        return OneView(_view_ops(recipes[0]), recipes=recipes)
+    raise ValueError(f"expected one or two view recipes, got {len(recipes)}")
 
 
 def byol_views(
@@ -170,31 +257,15 @@ def byol_views(
     size: int = 224,
     flip_first: bool = False,
 ) -> TwoViews:
-    """The asymmetric two-view recipe (SPEC_PRETRAIN §1.1, §1.2), per view:
-
-    RandomResizedCrop(size, scale=(crop_min, 1), ratio=(3/4, 4/3), ``interpolation``) → ColorJitter(0.4, 0.4,
-    0.2, 0.1) with p 0.8 → RandomGrayscale p 0.2 → PIL Gaussian blur σ ~ U[0.1, 2] with p ``blur_p[view]`` →
-    solarize (threshold 128) with p ``solarize_p[view]`` → horizontal flip p 0.5 (``flip_first``: right after the
-    crop, Barlow Twins' order) → ImageNet normalisation. MoCo v3: defaults with crop_min 0.2 (RN50) or 0.08 (ViT);
-    Barlow Twins: ``interpolation="bicubic", flip_first=True`` (see the module docstring's table).
-    """
-    mode = _mode(interpolation)
-    blur = _check_probability("blur_p", blur_p)
-    solarize = _check_probability("solarize_p", solarize_p)
-    first, second = (
-        _view_ops(size, float(crop_min), mode, blur[v], solarize[v], flip_first) for v in range(2)
-    )
-    return TwoViews(first, second)
+    """:func:`byol_recipes` made in the loader workers."""
+    return worker_views(byol_recipes(crop_min, interpolation, blur_p, solarize_p, size, flip_first))
 
 
 def mae_view(
     size: int = 224, crop_scale: Sequence[float] = (0.2, 1.0), interpolation: str = "bicubic"
 ) -> OneView:
-    """MAE's pretraining view (SPEC_PRETRAIN §1.3): RandomResizedCrop(size, scale=crop_scale, ratio=(3/4, 4/3),
-    bicubic) → horizontal flip p 0.5 → ImageNet normalisation."""
-    low, high = (float(s) for s in crop_scale)
-    crop = _crop(size, (low, high), _mode(interpolation))
-    return OneView(v2.Compose([to_pil, crop, v2.RandomHorizontalFlip(0.5), v2.PILToTensor()]))
+    """:func:`mae_recipes` made in the loader workers."""
+    return worker_views(mae_recipes(size, crop_scale, interpolation))
 
 
 def probe_view(size: int = 224) -> OneView:

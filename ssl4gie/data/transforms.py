@@ -66,11 +66,16 @@ def _like(out: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return tv_tensors.wrap(out, like=image) if isinstance(image, tv_tensors.TVTensor) else out
 
 
+STUDY_JITTER = (0.4, 0.5, 0.25, 0.01)  # the study's ColorJitter(brightness, contrast, saturation, hue)
+STUDY_BLUR_KERNEL, STUDY_BLUR_SIGMA = 25, (0.001, 2.0)  # and its GaussianBlur(25, σ ∈ [0.001, 2])
+
+
 def photometric(blur: bool = True) -> v2.Compose:
     """The study's colour augmentation: ColorJitter(0.4, 0.5, 0.25, 0.01), then GaussianBlur(25, σ∈[0.001, 2])."""
-    ops: list = [PILColorJitter(brightness=0.4, contrast=0.5, saturation=0.25, hue=0.01)]
+    b, c, s, h = STUDY_JITTER
+    ops: list = [PILColorJitter(brightness=b, contrast=c, saturation=s, hue=h)]
     if blur:
-        ops.append(SeparableGaussianBlur(kernel_size=25, sigma=(0.001, 2.0)))
+        ops.append(SeparableGaussianBlur(kernel_size=STUDY_BLUR_KERNEL, sigma=STUDY_BLUR_SIGMA))
     return v2.Compose(ops)
 
 

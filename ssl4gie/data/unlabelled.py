@@ -8,21 +8,26 @@ Paths), ``.decode_size`` and ``len()``:
 
 :class:`PretrainImages` turns a reader's files into samples. Two-view methods get ``{"view1", "view2",
 "meta"}``, MAE and probes ``{"image", "meta"}`` (the keys come from the view object,
-:mod:`ssl4gie.data.ssl_transforms`).
+:mod:`ssl4gie.data.ssl_transforms`); with views made on the device (:mod:`ssl4gie.data.device_views`) a sample is
+the frame's bytes and the views' parameters, ``{"frame", "crops", "params", "meta"}``.
 
-Decode once (``decode_size=S``, the default): each frame is decoded once, its longer side shrunk to S keeping
+Full size (``decode_size: null``, the default): crops are cut from the full-size frame, as the official codebases
+do: decoded at every access in the loader workers, or, for views made on the device, read as bytes and decoded
+there.
+
+Decode once (``decode_size=S``): each frame is decoded once, its longer side shrunk to S keeping
 the aspect ratio (smaller frames are kept as they are), zero-padded to S×S and stored with its true (h, w) in
 the memory-mapped cache of :mod:`ssl4gie.data.cache`; every step then only crops and augments: the views get
 the valid h×w region (a view of the cache, which they copy once into a PIL image), so the padding never
 reaches a crop. Random-resized-crop scales are fractions of the frame's area, so the crop semantics are those
 of the full-size frame; what differs is the resampling: a crop is cut from the S-px frame, so small crops are
 upsampled where the full-size frame would have been downsampled (see :func:`crop_source_pixels`).
-``decode_size: null`` decodes the full JPEG at every access, as the official codebases do.
 
 A frame that cannot be decoded: while the cache is built it is left out (one warning with the count and the
 first files; the list is written to ``skipped.txt`` in the cache folder) so that one bad file among 99,417
-does not stop a pretraining run; on the per-access path (no cache) reading it is a DatasetError naming the
-file.
+does not stop a pretraining run. At full size the cache holds only the frames' sizes, from a one-time reduced
+decode of every frame (:func:`check_frame`), for the same purpose. Without a cache (``cache=false``) reading a
+bad frame is a DatasetError naming the file.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssl4gie.data import cache as decoded_cache
 from ssl4gie.data import layouts
+from ssl4gie.data.device_views import EncodedFrame, read_encoded
 from ssl4gie.data.readers import IMAGE_SUFFIXES, ensure_root, is_hidden, log_hidden, open_image, visible_files
 from ssl4gie.errors import ConfigError, DatasetError
 from ssl4gie.utils.io import write_text
@@ -136,7 +142,7 @@ class HyperKvasirUnlabelled(_Frames):
         task: str = "pretrain",
         download: str | None = None,
         synthetic: dict | None = None,
-        decode_size: int | None = DEFAULT_DECODE_SIZE,
+        decode_size: int | None = None,
         expected_count: int | None = None,
         source: str | None = None,
     ) -> None:
@@ -191,7 +197,7 @@ class ImageFolder(_Frames):
         name: str,
         task: str = "pretrain",
         synthetic: dict | None = None,
-        decode_size: int | None = DEFAULT_DECODE_SIZE,
+        decode_size: int | None = None,
     ) -> None:
         super().__init__(name, task, decode_size)
         if root is None or str(root).strip() == "":
@@ -275,6 +281,27 @@ def decode_frame(path: Path, size: int) -> dict[str, np.ndarray]:
     return out
 
 
+#: The full-size frames' one-time check: a JPEG decoded at 1/8 scale in the DCT domain (any truncation or corruption
+#: of its data still fails), other formats fully.
+CHECK = "jpeg-draft-1/8"
+
+
+def check_frame(path: Path) -> dict[str, np.ndarray]:
+    """``hw``: the full size (h, w) of a frame that decodes, (0, 0) for one that does not (the cache leaves it
+    out). The decode is reduced (:data:`CHECK`): a tenth of the full decode's time for a JPEG."""
+    out = {"hw": np.zeros(2, np.int32)}
+    try:
+        with Image.open(path) as image:
+            height, width = image.height, image.width
+            image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            image.load()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        log.debug("cannot read image %s: %s", path, e)
+        return out
+    out["hw"][:] = (height, width)
+    return out
+
+
 def crop_source_pixels(height: int, width: int, size: int, scale: float) -> tuple[float, float]:
     """Side (px) of a square crop of area fraction ``scale`` in a ``height``×``width`` frame, in the full-size
     frame and after the one-time resize to ``size`` (longer side): the resolution a crop is cut from."""
@@ -297,14 +324,15 @@ class PretrainImages(Dataset):
     ``cache_dir``, named after ``dataset``); frames that could not be decoded are left out, so ``len()`` can be
     smaller than ``len(files)`` (``skipped`` lists them). ``decode_size`` without ``cache_dir``: decoded and
     resized at every access (the cached pixels, without the cache). ``decode_size=None``: the full-size frame
-    decoded at every access (the official behaviour; ``cache_dir`` is then unused).
+    decoded at every access (the official behaviour), or read undecoded for views that decode on the device
+    (``views.encoded``); with ``cache_dir`` the frames that do not decode are found once and left out as above.
     """
 
     def __init__(
         self,
         files: Sequence[Path],
         views: Views | None,
-        decode_size: int | None = DEFAULT_DECODE_SIZE,
+        decode_size: int | None = None,
         cache_dir: str | os.PathLike | None = None,
         dataset: str = "frames",
         progress: bool = True,
@@ -318,41 +346,40 @@ class PretrainImages(Dataset):
         self.skipped: list[Path] = []
         self.arrays: dict[str, np.ndarray] | None = None
         self.indices = list(range(len(self.files)))
-        if self.decode_size is not None and cache_dir is not None:
+        if cache_dir is not None:
             self._load_cache(cache_dir, dataset, progress, root)
-        elif self.decode_size is None and cache_dir is not None:
-            log.info(
-                "%s: decode_size is null, so frames are decoded at full size at every access (no cache)",
-                dataset,
-            )
 
     def _load_cache(
         self, cache_dir: str | os.PathLike, dataset: str, progress: bool, root: Path | None
     ) -> None:
+        """With a decode size, the decode-once cache of the frames' pixels; at full size, a cache of the frames'
+        sizes only, checked once by a reduced decode (``check_frame``), so that a file that cannot be decoded is
+        left out before training rather than stopping it at some step."""
         size = self.decode_size
         # The cache key hashes file *names*; the relative paths go into the settings so that an image folder
         # whose files move between sub-folders (same names, other order) gets a new cache.
         base = root if root is not None else Path(os.path.commonpath([str(f) for f in self.files]))
         rel = "\n".join(os.path.relpath(f, base) for f in self.files)
-        settings = {"decode_size": size, "resize": RESIZE, "paths": hashlib.sha256(rel.encode()).hexdigest()}
-        fields = {"image": ((size, size, 3), "uint8"), "hw": ((2,), "int32")}
+        paths = hashlib.sha256(rel.encode()).hexdigest()
         files = self.files
-        self.arrays = decoded_cache.load_or_build(
-            cache_dir,
-            dataset,
-            files,
-            settings,
-            fields,
-            len(files),
-            lambda i: decode_frame(files[i], size),  # looked up at call time: tests count decodes
-            progress=progress,
+        if size is None:
+            settings = {"decode_size": None, "check": CHECK, "paths": paths}
+            fields = {"hw": ((2,), "int32")}
+            build = lambda i: check_frame(files[i])  # noqa: E731 (looked up at call time, as below)
+        else:
+            settings = {"decode_size": size, "resize": RESIZE, "paths": paths}
+            fields = {"image": ((size, size, 3), "uint8"), "hw": ((2,), "int32")}
+            build = lambda i: decode_frame(files[i], size)  # noqa: E731 (looked up at call time: tests count decodes)
+        arrays = decoded_cache.load_or_build(
+            cache_dir, dataset, files, settings, fields, len(files), build, progress=progress
         )
-        hw = np.asarray(self.arrays["hw"])
+        self.arrays = arrays if size is not None else None
+        hw = np.asarray(arrays["hw"])
         valid = hw.min(axis=1) > 0
         self.indices = np.flatnonzero(valid).tolist()
         self.skipped = [files[i] for i in np.flatnonzero(~valid)]
         if self.skipped:
-            folder = Path(self.arrays["image"].filename).parent
+            folder = Path(arrays["hw"].filename).parent
             listing = folder / "skipped.txt"
             if not listing.exists():
                 write_text(listing, "".join(f"{p}\n" for p in self.skipped))
@@ -375,9 +402,10 @@ class PretrainImages(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def _source(self, i: int) -> torch.Tensor | Image.Image:
+    def _source(self, i: int) -> torch.Tensor | Image.Image | EncodedFrame:
         """Sample ``i``'s frame as the views take it: the valid region of the cached frame as a uint8 3×h×w
-        tensor (a view of the read-only cache, never written to), or the file decoded now as a PIL RGB image."""
+        tensor (a view of the read-only cache, never written to), the file decoded now as a PIL RGB image, or,
+        for views made on the device (``views.encoded``) at full size, the JPEG's bytes undecoded."""
         index = self.indices[i]
         if self.arrays is not None:
             h, w = (int(v) for v in self.arrays["hw"][index])
@@ -387,6 +415,8 @@ class PretrainImages(Dataset):
                 array = torch.from_numpy(self.arrays["image"][index])
             return array[:h, :w].permute(2, 0, 1)
         path = self.files[index]
+        if self.decode_size is None and getattr(self.views, "encoded", False):
+            return read_encoded(path)
         if self.decode_size is None:
             return open_image(path, "RGB")
         return Image.fromarray(read_resized(path, self.decode_size))
@@ -394,6 +424,8 @@ class PretrainImages(Dataset):
     def frame(self, i: int) -> torch.Tensor:
         """Sample ``i``'s frame (before the views) as a uint8 3×h×w tensor of its own (safe to modify)."""
         source = self._source(i)
+        if isinstance(source, EncodedFrame):
+            source = open_image(self.files[self.indices[i]], "RGB")
         if isinstance(source, Image.Image):
             return torch.from_numpy(np.array(source)).permute(2, 0, 1)
         return source.clone()

@@ -7,12 +7,14 @@ share a node never collide); ``torchrun`` sets the same variables. NCCL on GPUs,
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +109,61 @@ def gather_objects(obj, env: DistEnv) -> list:
     out: list = [None] * env.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- one-rank paths
+def unwrap(module: nn.Module) -> nn.Module:
+    """The bare module inside DistributedDataParallel / DataParallel / ``torch.compile`` wrappers, whose state
+    dicts would otherwise carry ``module.`` / ``_orig_mod.`` prefixes."""
+    while True:
+        if isinstance(module, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            module = module.module
+        elif hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
+            module = module._orig_mod
+        else:
+            return module
+
+
+class BatchNormXd(nn.modules.batchnorm._BatchNorm):
+    """Plain BatchNorm over any input of two or more dimensions, as SyncBatchNorm accepts (SyncBatchNorm does not
+    remember whether it replaced a 1-D, 2-D or 3-D BatchNorm)."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of at least 2 dimensions, got {input.dim()}")
+
+
+def _plain_batchnorm(sync: nn.SyncBatchNorm) -> BatchNormXd:
+    """A BatchNorm computing what ``sync`` computes in one process, sharing its parameters and buffers."""
+    bn = BatchNormXd(sync.num_features, sync.eps, sync.momentum, sync.affine, sync.track_running_stats)
+    bn._parameters = dict(sync._parameters)  # the same tensors: nothing copied, updates are seen both ways
+    bn._buffers = dict(sync._buffers)
+    bn.train(sync.training)
+    return bn
+
+
+def _without_sync(module: nn.Module) -> nn.Module:
+    if isinstance(module, nn.SyncBatchNorm):
+        return _plain_batchnorm(module)
+    children = {name: _without_sync(child) for name, child in module._modules.items() if child is not None}
+    if all(child is module._modules[name] for name, child in children.items()):
+        return module  # nothing below synchronises: the module itself
+    # its own child table; parameters, buffers and the unchanged children are shared
+    shallow = copy.copy(module)
+    shallow._modules = {**module._modules, **children}
+    return shallow
+
+
+def local_model(model: nn.Module) -> nn.Module:
+    """``model`` as one process runs it alone, on a path the other ranks do not take (validation, the epoch-0
+    baseline, the kNN probe, figures, exports, test and predict all run on rank 0 only).
+
+    The bare module (no DistributedDataParallel / ``torch.compile`` wrapper: their forward synchronises or
+    recompiles) with every SyncBatchNorm replaced by a plain BatchNorm. SyncBatchNorm in train mode gathers batch
+    statistics from every rank: on a path only rank 0 takes, the others never answer and the job hangs on GPUs
+    (on a CPU, torch raises instead). Parameters and buffers are shared with ``model`` (no copy; a module tree
+    without SyncBatchNorm is returned as is), so the result always computes with the current weights; modules
+    that hold a SyncBatchNorm are shallow copies with their own child table, so ``model`` keeps its SyncBatchNorm
+    for training. Use :func:`copy.deepcopy` on the result for a model whose statistics may change.
+    """
+    return _without_sync(unwrap(model))

@@ -337,10 +337,17 @@ class WarmupCosineSchedule:
             )
         self.total_steps = steps_per_epoch * self.epochs
         self.warmup_steps = self.warmup_epochs * steps_per_epoch
-        if not 0 <= self.warmup_steps <= self.total_steps:
-            raise ConfigError(
-                f"trainer.scheduler.warmup_epochs={self.warmup_epochs:g} must lie between 0 and the number of "
-                f"epochs ({self.epochs})"
+        if self.warmup_steps < 0:
+            raise ConfigError(f"trainer.scheduler.warmup_epochs={self.warmup_epochs:g} must be at least 0")
+        if self.warmup_steps > self.total_steps:
+            # A trial run shorter than the recipe's warmup runs as the official code runs it (MoCo v3's and MAE's
+            # adjust_learning_rate, Barlow Twins' adjust_learning_rate: lr = peak · step / warmup while warming up)
+            log.warning(
+                "trainer.scheduler.warmup_epochs=%g is longer than the run (%d epochs): the schedule never leaves "
+                "its warmup, the learning rate rises linearly to %.3g of its peak and no cosine decay follows",
+                self.warmup_epochs,
+                self.epochs,
+                (self.total_steps - 1) / self.warmup_steps,
             )
 
     def lr(self, step: int) -> float:

@@ -153,6 +153,8 @@ class Trainer:
         if self.val_every < 1:
             raise ConfigError(f"trainer.val_every={self.val_every} must be at least 1")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        if self.scaler.is_enabled():
+            log.info("fp16 autocast with dynamic loss scaling (torch.amp.GradScaler)")
         self.epoch, self.step_in_epoch, self.best, self.best_epoch, self.history = 0, 0, None, None, []
         self.global_step = 0  # optimiser steps taken: the position in a per-step schedule
         self.steps_per_epoch = 1  # set by fit() from the loader (benchmarks run train_epoch directly)
@@ -409,7 +411,7 @@ class Trainer:
         the baseline a monitor (e.g. a kNN probe) must beat."""
         val_metrics: dict[str, float] = {}
         if self.dist.is_main:
-            model = self.task.baseline_model(self.model, self.device)
+            model = self.task.baseline_model(self.eval_model(), self.device)
             val_metrics, _, _ = self.evaluate(val_set, "val", model=model)
             log.info(
                 "epoch 0 (initial weights)  %s", "  ".join(f"{k} {v:.4f}" for k, v in val_metrics.items())
@@ -543,6 +545,14 @@ class Trainer:
         stats["train/data_wait"] = data_time / max(elapsed, 1e-9)
         return stats
 
+    def eval_model(self, model: nn.Module | None = None) -> nn.Module:
+        """The model a path that only this process takes may run (validation, the epoch-0 baseline, the kNN
+        probe, figures, exports, test, predict): ``model`` (default: the trained one) without DDP wrapper and
+        with plain BatchNorm for SyncBatchNorm, sharing the weights (:func:`distributed.local_model`). Every
+        rank-0-only forward pass goes through here, so none of them issues a collective the other ranks never
+        join."""
+        return distributed.local_model(self.model if model is None else model)
+
     @torch.no_grad()
     def evaluate(
         self,
@@ -558,8 +568,8 @@ class Trainer:
         Runs on the bare model in this process (rank 0 under DDP), in ``trainer.eval_precision`` (fp32 by
         default, as the study), one ``trainer.eval_batch_size`` batch at a time. ``evaluator`` replaces the
         task's (``keep`` and ``save_dir`` are then its own), e.g. ``Task.frame_predictor`` on frames; ``model``
-        replaces the trained model (e.g. :meth:`Task.baseline_model`)."""
-        model = self.model if model is None else model
+        replaces the trained model (e.g. :meth:`Task.baseline_model`); either runs as :meth:`eval_model` gives it."""
+        model = self.eval_model(model)
         model.eval()
         if evaluator is None:
             evaluator = self.task.evaluator(keep=keep, save_dir=save_dir)

@@ -120,7 +120,7 @@ def finish(run: Run, results: dict[str, Any]) -> float | None:
     cfg, task = run.cfg, run.task
     figures = [Path(p) for p in run.facts.pop("figures", [])]
     if run.train:
-        products = task.finish(run.model, run.output_dir, run.trainer.device)
+        products = task.finish(run.trainer.eval_model(), run.output_dir, run.trainer.device)  # rank 0 alone
         figures += [Path(p) for p in products.pop("figures", [])]
         run.facts.update(products)
     metrics = {

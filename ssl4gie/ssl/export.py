@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ssl4gie.engine.distributed import unwrap
 from ssl4gie.models.checkpoints import guess_architecture
 from ssl4gie.ssl.mae import MaskedAutoencoder
 from ssl4gie.utils.io import save_torch
@@ -32,18 +33,6 @@ MAE_DECODER_NAMES = (
     "decoder_norm",
     "decoder_pred",
 )
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The bare module inside DistributedDataParallel / DataParallel / ``torch.compile`` wrappers, whose state
-    dicts would otherwise carry ``module.`` / ``_orig_mod.`` prefixes."""
-    while True:
-        if isinstance(module, nn.parallel.DistributedDataParallel | nn.DataParallel):
-            module = module.module
-        elif hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
-            module = module._orig_mod
-        else:
-            return module
 
 
 def _cpu_state(module: nn.Module, drop_prefix: str) -> StateDict:

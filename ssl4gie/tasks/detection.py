@@ -15,7 +15,15 @@ from omegaconf import DictConfig
 from torch import nn
 from torchvision import tv_tensors
 
-from ssl4gie.data.detection import IDENTITY_CANVAS, DetectionDataset, KvasirDetection, from_canvas, to_canvas
+from ssl4gie.data.detection import (
+    IDENTITY_CANVAS,
+    DetectionDataset,
+    KvasirDetection,
+    augment_on_device,
+    from_canvas,
+    to_canvas,
+)
+from ssl4gie.data.device_views import decode_frames
 from ssl4gie.data.frames import FrameDataset
 from ssl4gie.data.readers import open_image
 from ssl4gie.errors import ConfigError
@@ -134,6 +142,7 @@ class DetectionTask(Task):
         self.canvas: int | None = None
         self._structure: dict = {}
         self.image_norm: dict = {}  # the row's input normalisation (None: ImageNet's), set by build_model
+        self.augment_on_device = False  # set by the run from trainer.gpu_augment (on CUDA by default)
 
     # ------------------------------------------------------------------------------------------------ model
     def build_model(
@@ -237,7 +246,9 @@ class DetectionTask(Task):
     ) -> dict[str, DetectionDataset]:
         """Datasets per split; call after :meth:`build_model` (which decides native size vs canvas).
 
-        Images are decoded per item (native sizes vary), so ``cache_dir`` is not used.
+        Images are decoded per item (native sizes vary), so ``cache_dir`` is not used. With ``augment_on_device``
+        the training workers only read the files, draw the augmentation's parameters and move the boxes; the
+        device decodes and augments (:meth:`augment_batch`).
         """
         indices = reader.splits()
         return {
@@ -247,9 +258,27 @@ class DetectionTask(Task):
                 train=(s == "train" and self.augment),
                 canvas_size=self.canvas,
                 canvas_rule="study" if self.protocol == "study" else "fit",
+                device_augment=self.augment_on_device,
             )
             for s in splits
         }
+
+    def augment_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Training samples of :meth:`DetectionDataset._device_sample`: decoded (one ``decode_jpeg`` call for the
+        batch, nvJPEG on CUDA) and augmented on the device, image by image (sizes differ); the boxes were moved
+        in the worker."""
+        if "frame" not in batch:
+            return batch
+        names = [meta["image_path"] for meta in batch["meta"]]
+        images = decode_frames(batch["frame"], batch["params"].device, names)
+        augmented = [
+            augment_on_device(image, params, geometry, meta["plan"])
+            for image, params, geometry, meta in zip(
+                images, batch["params"], batch["geometry"], batch["meta"], strict=True
+            )
+        ]
+        rest = {k: v for k, v in batch.items() if k not in ("frame", "params", "geometry")}
+        return {**rest, "image": augmented}
 
     # ------------------------------------------------------------------------------------------- train/eval
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

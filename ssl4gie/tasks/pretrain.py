@@ -25,10 +25,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
+from ssl4gie.data.device_views import DeviceViews
 from ssl4gie.data.hyperkvasir import HyperKvasirDataset
-from ssl4gie.data.ssl_transforms import byol_views, mae_view, probe_view
+from ssl4gie.data.ssl_transforms import ViewRecipe, byol_recipes, mae_recipes, probe_view, worker_views
 from ssl4gie.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from ssl4gie.data.unlabelled import pretrain_dataset
+from ssl4gie.data.unlabelled import Views, pretrain_dataset
 from ssl4gie.engine.optim import momentum_cosine
 from ssl4gie.errors import ConfigError, DatasetError
 from ssl4gie.models.backbone import create_backbone
@@ -64,8 +65,8 @@ def _heads(spec: dict, tiny: dict | None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- methods
-def _build_mocov3(encoder: nn.Module, recipe: dict, tiny: dict | None, family: str) -> nn.Module:
-    if family == "vit" and recipe.get("stop_grad_patch_embed"):
+def _build_mocov3(encoder: nn.Module, recipe: dict, tiny: dict | None) -> nn.Module:
+    if recipe.get("stop_grad_patch_embed"):  # the ViT recipe's; the ResNet recipe says false
         frozen = freeze_patch_embed(encoder)
         log.info("MoCo v3: the patch projection stays at its random initialisation (%s)", ", ".join(frozen))
     return MoCoV3(
@@ -77,7 +78,7 @@ def _build_mocov3(encoder: nn.Module, recipe: dict, tiny: dict | None, family: s
     )
 
 
-def _build_barlowtwins(encoder: nn.Module, recipe: dict, tiny: dict | None, family: str) -> nn.Module:
+def _build_barlowtwins(encoder: nn.Module, recipe: dict, tiny: dict | None) -> nn.Module:
     return BarlowTwins(
         encoder,
         encoder.num_features,
@@ -87,7 +88,7 @@ def _build_barlowtwins(encoder: nn.Module, recipe: dict, tiny: dict | None, fami
     )
 
 
-def _build_mae(encoder: nn.Module, recipe: dict, tiny: dict | None, family: str) -> nn.Module:
+def _build_mae(encoder: nn.Module, recipe: dict, tiny: dict | None) -> nn.Module:
     decoder = {**recipe["decoder"], **(tiny or {})}
     return MaskedAutoencoder(
         encoder,
@@ -99,12 +100,80 @@ def _build_mae(encoder: nn.Module, recipe: dict, tiny: dict | None, family: str)
     )
 
 
+def _byol_views(recipe: dict, size: int) -> tuple[ViewRecipe, ...]:
+    return byol_recipes(
+        crop_min=recipe["crop_min"],
+        interpolation=recipe["interpolation"],
+        size=size,
+        flip_first=recipe.get("view_order") == "barlowtwins",
+    )
+
+
+def _mae_view(recipe: dict, size: int) -> tuple[ViewRecipe, ...]:
+    return mae_recipes(
+        size=size, crop_scale=tuple(recipe["crop_scale"]), interpolation=recipe["interpolation"]
+    )
+
+
+def _pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return model.encoder(images)  # ResNet global pool, ViT CLS token after the final norm
+
+
+def _mean_patch_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return mean_patch_features(model.encoder, images)
+
+
+def _export_encoder(model: nn.Module, family: str) -> dict:
+    return FAMILIES[family].export(model.encoder)
+
+
+def _export_mae(model: nn.Module, family: str) -> dict:
+    return export.export_mae(model)
+
+
+def _mocov3_vit_init(encoder: nn.Module) -> None:
+    mocov3_init(encoder)
+    fix_sincos_pos_embed(encoder, layout="mocov3")
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between backbone families when they are pretrained: options of the encoder's construction
+    and the published format of its export."""
+
+    encoder_kwargs: dict
+    export: Callable[[nn.Module], dict]
+
+
+FAMILIES = {
+    # MoCo v3 and Barlow Twins start from torchvision's resnet50(zero_init_residual=True): each block's last
+    # BatchNorm at zero (timm's default; the finetuning rows keep torchvision's plain init instead)
+    "resnet": Family({"zero_init_last": True}, export.export_resnet),
+    "vit": Family({}, export.export_vit),
+}
+#: ``recipe.vit_init`` -> how a from-scratch ViT encoder is initialised before the method is built around it (MAE's
+#: construction initialises its encoder itself: ``Method.builds_encoder_init``).
+VIT_INITS: dict[str | None, Callable[[nn.Module], None] | None] = {
+    None: None,
+    "mae": None,
+    "mocov3": _mocov3_vit_init,
+}
+
+
 @dataclass(frozen=True)
 class Method:
-    """What differs between the methods, as data: how to build the model, the views, the probe feature, the export."""
+    """What differs between the methods, as data: how to build the model, what a training step feeds it, the probe
+    feature, the export, and the figures. The task reads these; it never branches on the method's name."""
 
-    build: Callable[[nn.Module, dict, dict | None, str], nn.Module]
-    two_views: bool
+    build: Callable[[nn.Module, dict, dict | None], nn.Module]
+    views: Callable[[dict, int], tuple[ViewRecipe, ...]]  # (recipe, view size) -> a frame's training views
+    inputs: tuple[str, ...]  # the batch keys a training step passes to the model, in order
+    # the model takes the momentum coefficient last (MoCo v3's cosine schedule, moved per step)
+    momentum: bool
+    features: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # what the probe and the monitors read
+    export: Callable[[nn.Module, str], dict]  # (model, backbone family) -> the published file's contents
+    builds_encoder_init: bool  # construction re-initialises the encoder: load pretrained weights after it
+    reconstructions: bool  # draws reconstructions of the monitor frames at the end
     exact_accumulation: bool  # no coupling between a batch's images (MAE: no BatchNorm, no negatives)
     coupling: str  # what a smaller per-GPU batch changes, for the messages
 
@@ -112,20 +181,51 @@ class Method:
 METHODS = {
     "mocov3": Method(
         _build_mocov3,
-        two_views=True,
+        views=_byol_views,
+        inputs=("view1", "view2"),
+        momentum=True,
+        features=_pooled_features,
+        export=_export_encoder,
+        builds_encoder_init=False,
+        reconstructions=False,
         exact_accumulation=False,
         coupling="MoCo v3 contrasts each image with every key of the (global) batch and normalises its heads with "
         "BatchNorm over the batch, so accumulating smaller batches gives fewer negatives and other statistics.",
     ),
     "barlowtwins": Method(
         _build_barlowtwins,
-        two_views=True,
+        views=_byol_views,
+        inputs=("view1", "view2"),
+        momentum=False,
+        features=_pooled_features,
+        export=_export_encoder,
+        builds_encoder_init=False,
+        reconstructions=False,
         exact_accumulation=False,
         coupling="Barlow Twins estimates an 8192×8192 cross-correlation and BatchNorm statistics over the (global) "
         "batch, so accumulating smaller batches changes the loss itself.",
     ),
-    "mae": Method(_build_mae, two_views=False, exact_accumulation=True, coupling=""),
+    # MAE's CLS token is weak for kNN by design: the probe reads its mean patch token
+    "mae": Method(
+        _build_mae,
+        views=_mae_view,
+        inputs=("image",),
+        momentum=False,
+        features=_mean_patch_features,
+        export=_export_mae,
+        builds_encoder_init=True,
+        reconstructions=True,
+        exact_accumulation=True,
+        coupling="",
+    ),
 }
+
+
+def starts_from_weights(pretraining: DictConfig) -> bool:
+    """Whether the encoder starts from the row's weights: the row has some (``pretraining.pretrained``;
+    ``pretraining=random`` has none) and ``pretraining.load`` is not false (eval/predict build the model to load a
+    whole checkpoint into)."""
+    return bool(pretraining.pretrained) and bool(pretraining.get("load", True))
 
 
 # -------------------------------------------------------------------------------------------------- datasets
@@ -245,6 +345,11 @@ class PretrainTask(Task):
     ) -> None:
         self.method_name, self.method = method, METHODS[method]
         self.recipe = _plain(recipe)
+        if self.recipe.get("vit_init") not in VIT_INITS:
+            raise ConfigError(
+                f"ssl.recipe.vit_init={self.recipe.get('vit_init')!r} is not valid; valid: "
+                f"{', '.join(str(k).lower() for k in VIT_INITS)}"
+            )
         self.tiny_heads = _plain(tiny_heads)
         self.input_size = int(input_size)
         self.monitor, self.monitor_mode = monitor, monitor_mode
@@ -254,6 +359,8 @@ class PretrainTask(Task):
         self.exact_accumulation = self.method.exact_accumulation
         self.accumulation_note = self.method.coupling
         self.momentum = float(self.recipe.get("momentum", 0.0))
+        self.augment_on_device = False  # set by the run from trainer.gpu_augment (on CUDA by default)
+        self.train_views: Views | None = None
         self.num_classes: int | None = None
         self.n_frames = 0  # frames of the training set (build_datasets)
         self.monitor_frames: Dataset | None = None  # fixed frames, evaluation transform
@@ -263,20 +370,15 @@ class PretrainTask(Task):
         self.backbone = backbone
         self.family = backbone.family
         self.pretraining_name = pretraining.name
-        # MoCo v3 and Barlow Twins start from torchvision's resnet50(zero_init_residual=True): each block's last
-        # BatchNorm at zero (timm's default; the finetuning rows keep torchvision's plain init instead)
-        extra = {"zero_init_last": True} if self.family == "resnet" else {}
-        encoder = create_backbone(backbone, self.input_size, **extra)
+        encoder = create_backbone(backbone, self.input_size, **FAMILIES[self.family].encoder_kwargs)
         tiny = self.tiny_heads if backbone.get("tiny", False) else None
-        from_scratch = not pretraining.pretrained or not pretraining.get("load", True)
-        if not from_scratch:  # continued pretraining from a row's weights (e.g. ImageNet → HyperKvasir)
+        pretrained = starts_from_weights(pretraining)
+        if pretrained:  # continued pretraining from a row's weights (e.g. ImageNet → HyperKvasir)
             load_pretrained(encoder, pretraining, backbone, weights_dir, self.input_size)
-        elif self.family == "vit" and self.recipe.get("vit_init") == "mocov3":
-            mocov3_init(encoder)
-            fix_sincos_pos_embed(encoder, layout="mocov3")
-        model = self.method.build(encoder, self.recipe, tiny, self.family)
-        reinitialised = isinstance(model, MaskedAutoencoder)  # MAE's construction initialises its encoder
-        if not from_scratch and reinitialised:
+        elif (init := VIT_INITS[self.recipe.get("vit_init")]) is not None:
+            init(encoder)
+        model = self.method.build(encoder, self.recipe, tiny)
+        if pretrained and self.method.builds_encoder_init:
             load_pretrained(model.encoder, pretraining, backbone, weights_dir, self.input_size)
         n = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
         log.info(
@@ -285,7 +387,7 @@ class PretrainTask(Task):
             backbone.name,
             " (tiny)" if tiny else "",
             n / 1e6,
-            "from scratch" if from_scratch else f"from pretraining={pretraining.name}",
+            f"from pretraining={pretraining.name}" if pretrained else "from scratch",
         )
         return model
 
@@ -297,30 +399,30 @@ class PretrainTask(Task):
         return {**super().facts(), "ssl": self.method_name}
 
     def features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """The backbone feature the probe and the monitors read: ResNet global pool, MoCo v3 ViT's CLS token after
-        the final norm, MAE's mean patch token (its CLS is weak for kNN by design, SPEC_PRETRAIN 4)."""
-        if isinstance(model, MaskedAutoencoder):
-            return mean_patch_features(model.encoder, images)
-        return model.encoder(images)
+        """The backbone feature the probe and the monitors read (:attr:`Method.features`): ResNet global pool,
+        MoCo v3 ViT's CLS token after the final norm, MAE's mean patch token."""
+        return self.method.features(model, images)
 
     # ---------------------------------------------------------------------------------------------- data
-    def _views(self):
-        r, size = self.recipe, self.input_size
-        if not self.method.two_views:
-            return mae_view(size=size, crop_scale=tuple(r["crop_scale"]), interpolation=r["interpolation"])
-        return byol_views(
-            crop_min=r["crop_min"],
-            interpolation=r["interpolation"],
-            size=size,
-            flip_first=r.get("view_order") == "barlowtwins",
+    def _views(self) -> Views:
+        """The training views of a frame: made on the device (``trainer.gpu_augment``; the loader workers only read
+        the files and draw the parameters) or in the loader workers."""
+        recipes = self.method.views(self.recipe, self.input_size)
+        log.info(
+            "training views: %s",
+            "decoded and augmented on the device (the loader workers read the files and draw the parameters)"
+            if self.augment_on_device
+            else "decoded and augmented in the loader workers (trainer.gpu_augment=true: on the device)",
         )
+        return DeviceViews(recipes) if self.augment_on_device else worker_views(recipes)
 
     def build_datasets(self, reader, splits, cache_dir, progress) -> dict[str, Dataset]:
         """``train``: every frame of ``reader`` through the recipe's views. ``val``: the monitor frames (evenly
         spaced over the frames) and, where the labelled images are present, the probe's bank and queries."""
         data: dict[str, Dataset] = {}
         if "train" in splits:
-            data["train"] = pretrain_dataset(reader, self._views(), cache_dir, progress)
+            self.train_views = self._views()
+            data["train"] = pretrain_dataset(reader, self.train_views, cache_dir, progress)
             self.n_frames = len(data["train"])
         if "val" in splits:
             frames = pretrain_dataset(reader, probe_view(self.input_size), cache_dir, progress)
@@ -388,19 +490,25 @@ class PretrainTask(Task):
         return copy_.eval()
 
     # -------------------------------------------------------------------------------------------- training
+    def augment_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A batch of encoded frames and view parameters (``augment_on_device``): decoded and made into the
+        method's views here, on the batch's device (the engine calls this outside autocast)."""
+        if "frame" not in batch:
+            return batch
+        views = self.train_views
+        names = [meta["image_path"] for meta in batch["meta"]]
+        made = views.apply(batch["frame"], batch["crops"], batch["params"], names)
+        return {**{k: v for k, v in batch.items() if k not in ("frame", "crops", "params")}, **made}
+
     def on_step(self, step: int, total_steps: int) -> dict[str, float]:
-        if self.method_name != "mocov3":
+        if not self.method.momentum:
             return {}
         self.momentum = momentum_cosine(step, total_steps, float(self.recipe["momentum"]))
         return {"momentum": self.momentum}
 
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        if not self.method.two_views:
-            out = model(batch["image"])
-        elif self.method_name == "mocov3":
-            out = model(batch["view1"], batch["view2"], self.momentum)
-        else:
-            out = model(batch["view1"], batch["view2"])
+        inputs = [batch[key] for key in self.method.inputs]
+        out = model(*inputs, self.momentum) if self.method.momentum else model(*inputs)
         return {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
 
     def predict(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
@@ -421,11 +529,7 @@ class PretrainTask(Task):
     def export_state(self, model: nn.Module) -> dict:
         """The backbone in its published format: MAE's ``{"model": ...}`` with the decoder, a plain torchvision
         ResNet-50 state dict (MoCo v3, Barlow Twins), timm ViT names without head (MoCo v3's base encoder)."""
-        if isinstance(model, MaskedAutoencoder):
-            return export.export_mae(model)
-        if self.family == "resnet":
-            return export.export_resnet(model.encoder)
-        return export.export_vit(model.encoder)
+        return self.method.export(model, self.family)
 
     def finish(self, model: nn.Module, output_dir: Path, device: torch.device) -> dict:
         """Write ``export/<file>`` (and a copy in ``task.export_dir``), check it loads through the finetuning
@@ -457,7 +561,7 @@ class PretrainTask(Task):
             tmp.replace(target)
             log.info("copied the export to %s (task.export_dir)", target)
             facts["export_copy"] = str(target)
-        if isinstance(model, MaskedAutoencoder) and self.reconstructions and self.monitor_frames is not None:
+        if self.method.reconstructions and self.reconstructions and self.monitor_frames is not None:
             facts["figures"] = [str(self.draw_reconstructions(model, output_dir / "figures", device))]
         write_json(output_dir / "export" / "pretrain.json", {**facts, "method": self.method_name})
         return facts

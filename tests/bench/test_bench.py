@@ -172,3 +172,26 @@ def test_step_flops_count_forward_and_backward(tmp_path, tmp_paths):
         trainer.model(batch["image"])
     assert 2.0 < step / forward.get_total_flops() <= 3.0
     assert all(p.grad is None for p in trainer.model.parameters())  # the counted step left no gradients
+
+
+@pytest.mark.slow
+def test_gpu_suite_loader_records_detection_in_both_modes(tmp_path, capsys):
+    """``--loader --json`` for detection: the worker mode decodes and augments in the workers, the device mode
+    hands over bytes and parameters (the device step's rate is the decode + augmentation)."""
+    out = tmp_path / "loader.json"
+    status = bench_gpu.main(
+        [
+            "--loader", "--tasks", "detection", "--backbones", "resnet50", "--tiny", "--device", "cpu",
+            "--loader-batches", "1", "--loader-rounds", "1", "--loader-workers", "1", "--threads", "1",
+            "--work-dir", str(tmp_path / "work"), "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert status == 0
+    records = json.loads(out.read_text())
+    assert [(r["task"], r["backbone"], r["mode"], r["decode_size"]) for r in records] == [
+        ("detection", "resnet50", "worker", None), ("detection", "resnet50", "device", None)
+    ]  # fmt: skip
+    for r in records:
+        assert set(r) == set(bench_gpu.LOADER_KEYS) and r["frames_per_s_per_worker"] > 0
+    assert records[0]["device_frames_per_s"] is None and records[1]["device_frames_per_s"] > 0
+    assert "detection" in capsys.readouterr().out

@@ -90,14 +90,15 @@ def test_bench_pretrain_writes_every_measurement(ssl, backbone, views, tmp_path,
         assert isinstance(pair[key], float) and math.isfinite(pair[key]) and pair[key] > 0, (key, pair[key])
     assert 0.0 <= pair["data_wait_fraction"] <= 1.0
     assert pair["mfu"] is None and pair["peak_cuda_mb"] is None  # CPU: no peak FLOP/s, no CUDA memory
-    # the derived numbers follow from the measured ones (4 significant digits in the JSON)
+    # the derived numbers follow from the measured ones (4 significant digits in the JSON: each of the three
+    # numbers is off by up to 5e-4 relative, so their relation by up to 1.5e-3)
     assert pair["loader_speedup"] == pytest.approx(
-        pair["loader_cache_per_worker"] / pair["loader_jpeg_per_worker"], rel=1e-3
+        pair["loader_cache_per_worker"] / pair["loader_jpeg_per_worker"], rel=1.5e-3
     )
     assert pair["workers_per_device"] == pytest.approx(
-        pair["train_images_per_s_preloaded"] / pair["loader_cache_per_worker"], rel=1e-3
+        pair["train_images_per_s_preloaded"] / pair["loader_cache_per_worker"], rel=1.5e-3
     )
-    assert pair["step_time_s"] * pair["train_images_per_s"] == pytest.approx(4, rel=1e-3)  # frames per step
+    assert pair["step_time_s"] * pair["train_images_per_s"] == pytest.approx(4, rel=1.5e-3)  # frames per step
     low, high = FLOP_BOUNDS[ssl]
     forward = encoder_forward_flops(ssl, backbone)
     assert low * forward <= pair["train_flops_per_image"] <= high * forward
@@ -138,3 +139,34 @@ def test_peak_rss_is_reset_between_pairs():
     del block
     assert bench_pretrain.reset_peak_rss()
     assert bench_pretrain.peak_rss_mb() < before + 100  # the 200 MiB are gone from the new peak
+
+
+@pytest.mark.slow
+def test_loader_records_one_per_method_backbone_mode_and_decode_size(tmp_path, capsys):
+    """``--loader --json``: a list of records with the documented keys, for each mode (views made in the workers
+    from the decode-once cache and from the full-size JPEG; made on the device from the bytes and from the cache);
+    the device records also give the device step's rate. Tiny frames: a functional check, not a timing."""
+    out = tmp_path / "loader.json"
+    args = [
+        "--loader", "--ssl", "mae", "--backbone", "vit_b", "--input-size", str(SIZE), "--device", "cpu",
+        "--frames", "4", "--frame-sizes", "96,160", "--loader-frames", "8", "--loader-batch", "4",
+        "--loader-batches", "1", "--loader-rounds", "2", "--loader-workers", "1", "--decode-size", "64",
+        "--threads", "1", "--no-progress", "--work-dir", str(tmp_path / "work"), "--json", str(out),
+    ]  # fmt: skip
+    assert bench_pretrain.main(args) == 0
+    records = json.loads(out.read_text())
+    assert isinstance(records, list)
+    assert [(r["mode"], r["decode_size"]) for r in records] == [
+        ("worker", 64), ("worker", None), ("device", None), ("device", 64)
+    ]  # fmt: skip
+    for r in records:
+        assert set(r) == set(bench_pretrain.LOADER_KEYS)
+        assert (r["method"], r["backbone"], r["workers"], r["batch_size"]) == ("mae", "vit_b", 1, 4)
+        assert len(r["rounds_frames_per_s_per_worker"]) == 2 and r["frames_per_s_per_worker"] > 0
+        assert r["frames_per_s_per_worker"] == pytest.approx(
+            float(np.median(r["rounds_frames_per_s_per_worker"])), rel=1e-3
+        )
+        assert (r["device_frames_per_s"] is not None) == (r["mode"] == "device")
+    assert records[2]["device_frames_per_s"] > 0 and records[2]["device"] == "cpu"
+    table = capsys.readouterr().out
+    assert "vs worker from cache" in table and str(out) in table

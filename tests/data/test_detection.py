@@ -211,3 +211,111 @@ def test_dataset_samples(kvasir):
     assert train["image"].shape == (3, 64, 64) and "target_native" not in train
     boxes = train["target"]["boxes"]
     assert (boxes[:, 2:] > boxes[:, :2]).all() and boxes.min() >= 0 and boxes.max() <= 64
+
+
+# ------------------------------------------------------------------------------------ augmentation on the device
+def _study_reference(image: torch.Tensor, params: np.ndarray, geometry, canvas_size, rule):
+    """The worker path's image with these parameters: the study's jitter through PIL (uint8), the separable 25-tap
+    blur in float then rounded, rot90 / flips, the canvas (as DetectionTrainTransform and to_canvas do it)."""
+    from PIL import Image
+
+    from ssl4gie.data.device_views import COLUMN
+
+    pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+    steps = [
+        lambda i: F.adjust_brightness(i, float(params[COLUMN["brightness"]])),
+        lambda i: F.adjust_contrast(i, float(params[COLUMN["contrast"]])),
+        lambda i: F.adjust_saturation(i, float(params[COLUMN["saturation"]])),
+        lambda i: F.adjust_hue(i, float(params[COLUMN["hue"]])),
+    ]
+    for k in range(4):
+        pil = steps[int(params[COLUMN[f"order{k}"]])](pil)
+    x = F.pil_to_tensor(pil).float()
+    sigma = float(params[COLUMN["sigma"]])
+    x = (
+        F.gaussian_blur(F.gaussian_blur(x, [25, 1], [sigma, sigma]), [1, 25], [sigma, sigma])
+        .round()
+        .clamp(0, 255)
+    )
+    x = x.to(torch.uint8)
+    rotate, hflip, vflip = geometry
+    if rotate:
+        x = torch.rot90(x, 1, dims=(-2, -1))
+    if hflip:
+        x = x.flip(-1)
+    if vflip:
+        x = x.flip(-2)
+    if canvas_size is not None:
+        none = tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=tuple(x.shape[-2:]))
+        x = to_canvas(tv_tensors.Image(x), none, canvas_size, rule)[0].as_subclass(torch.Tensor)
+    return x.float() / 255
+
+
+@pytest.mark.parametrize(("canvas_size", "rule"), [(None, "fit"), (64, "fit"), (64, "study")])
+def test_device_augmentation_equals_the_worker_path_with_the_same_draws(kvasir, canvas_size, rule):
+    """Workers read the bytes, draw the study's jitter, blur and geometry and move the boxes; the device decodes and
+    augments. Same boxes as the worker transform exactly; same pixels up to the worker path's arithmetic (mean at
+    most 2.5 grey levels, 99 % of the pixels within 6): PIL truncates to uint8 after each of the four colour steps,
+    half a level down on average each time, and the blur rounds once more; the device keeps floats."""
+    from PIL import Image
+
+    from ssl4gie.data.collate import collate
+    from ssl4gie.data.detection import augment_on_device
+    from ssl4gie.data.device_views import decode_frames
+
+    reader = KvasirDetection(str(kvasir), "kvasir_det")
+    dataset = DetectionDataset(reader, list(range(6)), True, canvas_size, rule, device_augment=True)
+    torch.manual_seed(0)
+    batch = collate([dataset[i] for i in range(6)])
+    assert isinstance(batch["frame"], list) and batch["frame"][0].ndim == 1  # bytes, not pixels
+    images = decode_frames(batch["frame"], torch.device("cpu"), None)
+    seen = set()
+    for i, item in enumerate(dataset.items):
+        geometry = batch["geometry"][i]
+        seen.add(tuple(geometry))
+        boxes = tv_tensors.BoundingBoxes(torch.from_numpy(item.boxes), format="XYXY", canvas_size=item.size)
+        if geometry[0]:
+            boxes = rot90(torch.zeros(1, *item.size), boxes)[1]
+        boxes = F.horizontal_flip(boxes) if geometry[1] else boxes
+        boxes = F.vertical_flip(boxes) if geometry[2] else boxes
+        if canvas_size is not None:
+            none = torch.zeros(1, *boxes.canvas_size)
+            boxes = to_canvas(none, boxes, canvas_size, rule)[1]
+        torch.testing.assert_close(batch["target"][i]["boxes"], boxes.as_subclass(torch.Tensor).float())
+        out = augment_on_device(images[i], batch["params"][i], geometry, batch["meta"][i]["plan"])
+        pixels = torch.from_numpy(np.array(Image.open(item.image).convert("RGB")))
+        reference = _study_reference(
+            pixels.permute(2, 0, 1), batch["params"][i].numpy(), geometry, canvas_size, rule
+        )
+        assert out.shape == reference.shape and out.dtype == torch.float32
+        diff = (out - reference).abs() * 255
+        assert diff.mean() <= 2.5 and diff.quantile(0.99) <= 6, (i, diff.mean(), diff.max())
+        if canvas_size is not None:
+            mapping = batch["meta"][i]["canvas"]
+            back = from_canvas(batch["target"][i]["boxes"], mapping, item.size)
+            assert (back[:, 2:] <= torch.tensor([item.size[1], item.size[0]]) + 1e-3).all()
+    assert len(seen) > 1  # the geometry is drawn, not fixed
+
+
+def test_device_samples_draw_the_studys_parameters(kvasir):
+    """ColorJitter(0.4, 0.5, 0.25, 0.01) and blur σ ~ U[0.001, 2] on every image; rot90 and both flips at p 0.5."""
+    from scipy import stats
+
+    from ssl4gie.data.device_views import COLUMN
+
+    reader = KvasirDetection(str(kvasir), "kvasir_det")
+    dataset = DetectionDataset(reader, [0], True, None, device_augment=True)
+    dataset.items = dataset.items * 1500  # one image, many draws (only the draws are looked at)
+    dataset.indices = dataset.indices * 1500
+    torch.manual_seed(0)
+    samples = [dataset[i] for i in range(1500)]
+    params = np.stack([s["params"].numpy() for s in samples])
+    geometry = np.stack([s["geometry"] for s in samples])
+    assert (params[:, COLUMN["jitter"]] == 1).all() and (params[:, COLUMN["blur"]] == 1).all()
+    for name, (lo, hi) in {
+        "brightness": (0.6, 1.4), "contrast": (0.5, 1.5), "saturation": (0.75, 1.25), "hue": (-0.01, 0.01),
+        "sigma": (0.001, 2.0),
+    }.items():  # fmt: skip
+        assert stats.kstest(params[:, COLUMN[name]], stats.uniform(lo, hi - lo).cdf).pvalue > 1e-3, name
+    for step in range(3):
+        assert stats.binomtest(int(geometry[:, step].sum()), len(geometry), 0.5).pvalue > 1e-3

@@ -94,7 +94,7 @@ def test_config_writes_and_reads_a_synthetic_tree(tmp_path):
             "dataset.synthetic={count: 5, seed: 0}",
         ]
     )
-    assert cfg.dataset.task == "pretrain" and cfg.dataset.decode_size == 320
+    assert cfg.dataset.task == "pretrain" and cfg.dataset.decode_size is None  # full size by default
     assert cfg.dataset.download == DOWNLOAD
     reader = instantiate_checked(cfg.dataset)
     assert isinstance(reader, HyperKvasirUnlabelled) and reader.name == "hyperkvasir_unlabelled"
@@ -119,7 +119,7 @@ def test_reader_lists_jpgs_sorted_and_skips_hidden_and_other_files(hk_root, tmp_
     with caplog.at_level(logging.INFO, logger="ssl4gie.data"):
         reader = HyperKvasirUnlabelled(str(root), "hk", expected_count=99417)
     assert [p.name for p in reader.files] == sorted([*names, "upper.JPG"])
-    assert len(reader) == 13 and reader.decode_size == 320
+    assert len(reader) == 13 and reader.decode_size is None
     assert "Thumbs.db" in caplog.text and "hidden" in caplog.text
     assert "the release has 99417" in caplog.text
 
@@ -265,6 +265,21 @@ def test_corrupt_file_is_left_out_of_the_cache_with_one_warning(hk_root, tmp_pat
     assert (entry / "skipped.txt").read_text() == f"{bad}\n"
 
 
+def test_full_size_frames_that_do_not_decode_are_found_once_and_left_out(hk_root, tmp_path, caplog):
+    """At full size nothing is decoded ahead of training, but a one-time reduced decode of every frame finds the
+    bad ones (a truncated JPEG included), so that one bad frame does not stop a run at some step."""
+    files, bad = _with_corrupt(hk_root, tmp_path)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(files[0].read_bytes()[:400])
+    files = sorted([*files, truncated])
+    with caplog.at_level(logging.WARNING, logger="ssl4gie.data"):
+        ds = PretrainImages(files, None, None, tmp_path / "cache", "bad", progress=False)
+    assert sorted(ds.skipped) == sorted([bad, truncated]) and len(ds) == 5
+    assert "2 of 7" in caplog.text
+    (entry,) = _cache_entries(tmp_path / "cache")
+    assert sorted((entry / "skipped.txt").read_text().split()) == sorted([str(bad), str(truncated)])
+
+
 @pytest.mark.parametrize("decode_size", [None, 64])
 def test_corrupt_file_is_a_clear_error_without_the_cache(hk_root, tmp_path, decode_size):
     files, bad = _with_corrupt(hk_root, tmp_path)
@@ -376,7 +391,8 @@ def test_cache_is_reused_and_a_changed_file_gives_a_new_one(hk_root, tmp_path, m
 def test_full_size_path_decodes_every_access(hk_root, tmp_path):
     files = sorted((hk_root / IMAGES).glob("*.jpg"))[:2]
     ds = PretrainImages(files, None, decode_size=None, cache_dir=tmp_path, dataset="full")
-    assert not list(tmp_path.iterdir())  # nothing cached
+    (entry,) = _cache_entries(tmp_path)
+    assert {p.name for p in entry.glob("*.npy")} == {"hw.npy"}  # the checked sizes only, no pixels
     with Image.open(files[0]) as im:
         np.testing.assert_array_equal(ds[0]["image"].permute(1, 2, 0).numpy(), np.asarray(im.convert("RGB")))
 

@@ -5,6 +5,7 @@ resume after SIGKILL; bad input."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -124,6 +125,75 @@ def test_pretrain_exports_what_the_finetuning_row_loads(ssl, backbone, tmp_path,
     assert f"loaded {expected_tensors} backbone tensors" in receipt, receipt
     finetuned = json.loads((finetune / "metrics.json").read_text())
     assert finetuned["status"] == "complete" and finetuned["weights_file"] == str(export)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("ssl", "backbone"), PAIRS)
+def test_a_one_epoch_trial_inside_the_recipes_warmup_runs_and_exports(ssl, backbone, tmp_path, caplog):
+    """``task=pretrain trainer.epochs=1`` with the recipe's own warmup (10 or 40 epochs): the official code runs
+    it (the lr is still warming up when it ends), so does ssl4gie, with one warning."""
+    overrides = [o for o in pretrain_overrides(tmp_path, ssl, backbone) if "warmup_epochs" not in o]
+    cfg = compose_config([*overrides, "trainer.epochs=1"], tmp_path / "run")
+    warmup = cfg.trainer.scheduler.warmup_epochs
+    assert warmup >= 10
+    caplog.set_level("INFO")
+    execute(cfg)
+    warnings = [r.getMessage() for r in caplog.records if "never leaves its warmup" in r.getMessage()]
+    assert len(warnings) == 1 and f"warmup_epochs={warmup:g} is longer than the run (1 epochs)" in warnings[0]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and metrics["epochs"] == 1 and Path(metrics["export"]).is_file()
+    lr = pd.read_csv(tmp_path / "run" / "history.csv")["lr"].iloc[-1]
+    steps = metrics["steps"]
+    assert lr == pytest.approx(cfg.trainer.lr * (steps - 1) / (warmup * steps))  # still warming up
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("ssl", "backbone", "decode_size"),
+    [*((ssl, backbone, "null") for ssl, backbone in PAIRS), ("mocov3", "resnet50", "64")],
+)
+def test_views_made_on_the_device_train_and_export(ssl, backbone, decode_size, tmp_path, caplog):
+    """``trainer.gpu_augment=true`` (the default on CUDA) on the CPU: the workers hand over the JPEG bytes (or the
+    cached frames, with a decode size) and the views' parameters, the device decodes and augments."""
+    cfg = compose_config(
+        [
+            *pretrain_overrides(tmp_path, ssl, backbone),
+            "trainer.gpu_augment=true",
+            f"dataset.decode_size={decode_size}",
+        ],
+        tmp_path / "run",
+    )
+    caplog.set_level("INFO")
+    execute(cfg)
+    assert "training views: decoded and augmented on the device" in caplog.text
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and Path(metrics["export"]).is_file()
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert history["train/loss"].iloc[1:].notna().all()
+
+
+@pytest.mark.slow  # fp16 kernels are slow on a CPU (minutes)
+def test_fp16_autocast_trains_with_the_official_grad_scaler(tmp_path, caplog, monkeypatch):
+    """``trainer.precision=fp16`` (CUDA; on a CPU only with the refusal lifted, as here) restores the official
+    codebases' mixed precision: fp16 autocast and a GradScaler that scales every loss and steps the optimiser."""
+    import ssl4gie.engine.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "resolve_precision", lambda name, device: torch.float16)
+    cfg = compose_config(
+        [
+            *pretrain_overrides(tmp_path, "mocov3", "resnet50"),
+            "trainer.precision=fp16",
+            "trainer.keep_last=true",
+        ],
+        tmp_path / "run",
+    )
+    caplog.set_level("INFO")
+    execute(cfg)
+    assert "fp16 autocast with dynamic loss scaling (torch.amp.GradScaler)" in caplog.text
+    scaler = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["scaler"]  # {} when disabled
+    # starts at 2^16 and halves at every step whose scaled gradients overflow (that step is skipped)
+    assert scaler and scaler["scale"] <= 2.0**16 and math.log2(scaler["scale"]).is_integer()
+    assert pd.read_csv(tmp_path / "run" / "history.csv")["train/loss"].iloc[1:].notna().all()
 
 
 def test_two_step_pipeline_writes_the_four_backbones_into_one_weights_folder(tmp_path):

@@ -123,7 +123,7 @@ def test_plateau_schedule_halves_the_lr_after_patience_epochs_without_improvemen
     ("options", "message"),
     [
         ({"name": "step"}, "trainer.scheduler.name=step does not match the scheduler that"),
-        ({"warmup_epochs": 11}, "trainer.scheduler.warmup_epochs=11 must lie between 0 and"),
+        ({"warmup_epochs": -1}, "trainer.scheduler.warmup_epochs=-1 must be at least 0"),
         ({"final_lr_ratio": 2}, "trainer.scheduler.final_lr_ratio=2 must lie in [0, 1]"),
     ],
 )
@@ -131,6 +131,18 @@ def test_step_schedule_rejects_bad_options(options, message):
     opt = torch.optim.SGD([nn.Parameter(torch.ones(2))], lr=0.1)
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         schedule("warmup_cosine", opt, epochs=10, peak_lr=0.1, **options).start(steps_per_epoch=3)
+
+
+def test_a_run_shorter_than_its_warmup_warms_up_all_the_way_with_one_warning(caplog):
+    """MoCo v3's, MAE's and Barlow Twins' code: lr = peak · step / warmup while warming up, whatever the run's
+    length; a 1-epoch trial of a 40-epoch-warmup recipe ends at 1/40 of the peak (minus the last step)."""
+    opt = torch.optim.SGD([nn.Parameter(torch.ones(2))], lr=0.1)
+    caplog.set_level("WARNING")
+    sched = schedule("warmup_cosine", opt, epochs=1, peak_lr=0.1, warmup_epochs=40)
+    sched.start(steps_per_epoch=3)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "never leaves its warmup" in warnings[0] and "(1 epochs)" in warnings[0]
+    assert [sched.step_lr(s) for s in range(3)] == pytest.approx([0.0, 0.1 / 120, 0.2 / 120])
 
 
 # ---------------------------------------------------------------------------------------------- param groups

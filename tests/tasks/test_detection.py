@@ -73,6 +73,17 @@ def test_train_eval_predict(backbone, tmp_paths, tmp_path):
     assert len(list((predict_dir / "figures").glob("*.png"))) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", sorted(PER_BACKBONE))
+def test_training_with_decoding_and_augmentation_on_the_device(backbone, tmp_paths, tmp_path, caplog):
+    """``trainer.gpu_augment=true`` (the default on CUDA) on the CPU: the training workers hand over JPEG bytes,
+    the study's parameters and the moved boxes; the device decodes and augments; evaluation is unchanged."""
+    caplog.set_level("INFO")
+    execute(_config(backbone, tmp_paths, tmp_path / "train", "trainer.gpu_augment=true"))
+    metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and all(0.0 <= metrics[key] <= 1.0 for key in MAP_KEYS)
+
+
 class EchoDetector(torch.nn.Module):
     """Stands in for a perfect detector: returns each image's own (canvas-frame) ground truth with score 1."""
 

@@ -3,11 +3,17 @@
 * Hub releases (``dinov2_vitb14_pretrain.pth``, ``dinov2_vitb14_reg4_pretrain.pth``): a bare backbone state dict
   with layer scale (``blocks.N.ls1.gamma`` / ``ls2.gamma``), ``mask_token`` and, with registers,
   ``register_tokens``; the position embedding is for 518² (37×37 patches + CLS).
-* Training checkpoints (``model_NNNNNNN.rank_0.pth``): ``{'model': {'teacher.backbone.*', 'teacher.dino_head.*',
-  'teacher.ibot_head.*', 'student.*'}, 'optimizer', 'iteration'}``; the evaluation's ``teacher_checkpoint.pth`` is
-  ``{'teacher': {'backbone.*', 'dino_head.*', 'ibot_head.*'}}``. The teacher is kept (DINOv2 evaluates it).
-  Backbones trained with ``block_chunks`` name their blocks ``blocks.<chunk>.<index>.*``; the index is the global
-  block number, so the chunk level is removed.
+* The teacher checkpoint that DINOv2's training writes at every evaluation (``train.py`` ``do_test``:
+  ``<output_dir>/eval/training_<iteration>/teacher_checkpoint.pth``, a full state dict): ``{'teacher':
+  {'backbone.*', 'dino_head.*', 'ibot_head.*'}}``; and a training checkpoint re-saved as a full state dict
+  (``{'model': {'teacher.backbone.*', 'teacher.dino_head.*', 'teacher.ibot_head.*', 'student.*'}, ...}``). The
+  teacher is kept (DINOv2 evaluates it). Backbones trained with ``block_chunks`` name their blocks
+  ``blocks.<chunk>.<index>.*``; the index is the global block number, so the chunk level is removed.
+
+The periodic training checkpoints themselves (``model_<iteration>.rank_<N>.pth``, one per GPU) are FSDP local
+state dicts: each holds its rank's slice of the flattened parameters, pickled as ``ShardedTensor`` objects that only
+an initialised process group of the same size can unpickle. They are refused with the file to pass instead
+(:data:`ssl4gie.models.checkpoints.io.FSDP_SHARD`).
 
 timm (``vision_transformer._convert_dinov2``) drops the mask token, renames SwiGLU weights and, for files with
 registers, moves ``register_tokens`` to ``reg_token`` and folds the CLS slot of the position embedding into
@@ -36,8 +42,9 @@ from ssl4gie.models.checkpoints.rules import (
 
 NAME = "dinov2"
 LAYOUT = (
-    "a DINOv2 hub file (ViT keys with blocks.N.ls1.gamma, mask_token, register_tokens) or training checkpoint "
-    "({'model': {'teacher.backbone.*', 'student.backbone.*', ...}} / {'teacher': {'backbone.*', 'dino_head.*'}})"
+    "a DINOv2 hub file (ViT keys with blocks.N.ls1.gamma, mask_token, register_tokens), teacher checkpoint "
+    "({'teacher': {'backbone.*', 'dino_head.*'}}: eval/training_<iteration>/teacher_checkpoint.pth) or training "
+    "checkpoint re-saved as a full state dict ({'model': {'teacher.backbone.*', 'student.backbone.*', ...}})"
 )
 HEADS = ("dino_head.", "ibot_head.")
 HUB_RULES: Rules = (("mask_token", MASK_TOKEN), *PLAIN_RULES)

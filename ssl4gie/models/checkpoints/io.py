@@ -18,6 +18,16 @@ import torch
 from ssl4gie.errors import Ssl4gieError
 from ssl4gie.run.weights import TENSORFLOW_CONVERSION, is_tensorflow_checkpoint
 
+#: Classes that only a sharded (FSDP ``LOCAL_STATE_DICT``) training checkpoint pickles.
+FSDP_SHARD_GLOBALS = ("torch.distributed._shard.", "torch.distributed.remote_device")
+FSDP_SHARD = (
+    "Checkpoint {path} is one GPU's shard of a sharded (FSDP) training checkpoint, such as DINOv2's "
+    "model_<iteration>.rank_<N>.pth (its training code saves each rank's local, flattened slice of the parameters); "
+    "it cannot be read on its own. Pass the teacher checkpoint the same training writes at every evaluation, "
+    "<output_dir>/eval/training_<iteration>/teacher_checkpoint.pth, or a released backbone file "
+    "(e.g. dinov2_vitb14_pretrain.pth)"
+)
+
 
 class CheckpointError(Ssl4gieError, ValueError):
     """A checkpoint file cannot be used as asked; the message names the file and says what was expected."""
@@ -54,6 +64,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         if found is None:  # the weights-only unpickler also rejects garbage bytes
             raise _corrupt(path, err) from err
+        if found.group(1).startswith(FSDP_SHARD_GLOBALS):
+            raise CheckpointError(FSDP_SHARD.format(path=path)) from err
         raise CheckpointError(
             f"Checkpoint {path} contains pickled Python objects ({found.group(1)}) that would have to be executed "
             "to load it; ssl4gie refuses to run code from checkpoint files (torch.load weights_only=True). "

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from helpers import compose_config
 from helpers.checkpoints import (
     OPTIMIZER,
     SCALER,
+    chunked,
     dino_full,
     dino_head,
     dinov2_expected,
@@ -29,6 +33,7 @@ from helpers.checkpoints import (
 )
 from hydra.utils import instantiate
 from timm.layers import resample_abs_pos_embed
+from torch import nn
 
 from ssl4gie.errors import ConfigError, Ssl4gieError
 from ssl4gie.models.checkpoints import MAE_DECODER, PROJECTOR, TRAINING_STATE, CheckpointError
@@ -395,3 +400,120 @@ def test_tensorflow_checkpoint_is_refused_with_the_conversion(tmp_path):
             build("gastronet5m_simclrv2", "resnet50", given, tiny=True)
         assert "python SimCLRv2-Pytorch/convert.py" in str(err.value)  # the documented conversion
         assert isinstance(err.value, ConfigError)
+
+
+# --------------------------------------------------------------------- DINOv2's sharded training checkpoints
+# DINOv2's own training output, written for real: 2 gloo processes wrap a DINOv2-layout model (teacher and student
+# backbones in block chunks, DINO and iBOT heads, the losses' centre buffers) in FSDP as its train.py does
+# (SHARD_GRAD_OP, use_orig_params=True, block chunks as inner units), save each rank's model_<iteration>.rank_<N>.pth
+# as its FSDPCheckpointer does (LOCAL_STATE_DICT) and the teacher checkpoint as its do_test does (the teacher's full
+# state dict under "teacher"). The per-rank files are refused with the file to pass instead; that file loads every
+# backbone tensor.
+WORLD, ITERATION, CHUNKS = 2, 9, 2
+
+
+def _module(state: dict[str, torch.Tensor]) -> nn.Module:
+    """A module tree whose parameters carry exactly ``state``'s names (dotted paths become submodules)."""
+    root = nn.Module()
+    for key, value in state.items():
+        *path, name = key.split(".")
+        module = root
+        for part in path:
+            if part not in module._modules:
+                module.add_module(part, nn.Module())
+            module = module._modules[part]
+        module.register_parameter(name, nn.Parameter(value.clone()))
+    return root
+
+
+def _write(rank: int, out: str) -> None:
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import ShardingStrategy, StateDictType
+
+    dist.init_process_group("gloo", init_method=f"file://{out}/init", rank=rank, world_size=WORLD)
+    try:
+        hub = tiny_dinov2()
+        width = hub["cls_token"].shape[-1]
+        model = nn.Module()
+        for network in ("student", "teacher"):
+            parts = nn.ModuleDict(
+                {
+                    "backbone": _module(chunked(hub, CHUNKS)),
+                    **{h: _module(dino_head("", width)) for h in ("dino_head", "ibot_head")},
+                }
+            )
+            model.add_module(network, parts)
+        for loss in ("dino_loss", "ibot_patch_loss"):
+            model.add_module(loss, nn.Module())
+            getattr(model, loss).register_buffer("center", torch.randn(1, 128))
+        wrap = {
+            "sharding_strategy": ShardingStrategy.SHARD_GRAD_OP,
+            "use_orig_params": True,
+            "device_id": torch.device("cpu"),
+        }
+        for network in (model.student, model.teacher):
+            for chunk in range(CHUNKS):  # DINOv2 wraps its BlockChunk modules as FSDP units of their own
+                network.backbone.blocks._modules[str(chunk)] = FSDP(
+                    network.backbone.blocks._modules[str(chunk)], **wrap
+                )
+            for name in list(network.keys()):
+                network[name] = FSDP(network[name], **wrap)
+        with FSDP.state_dict_type(model, StateDictType.LOCAL_STATE_DICT):
+            local = model.state_dict()
+        torch.save(
+            {"model": local, "optimizer": {}, "iteration": ITERATION},
+            f"{out}/model_{ITERATION:07d}.rank_{rank}.pth",
+        )
+        teacher = model.teacher.state_dict()  # FSDP's default: the full state dict, on every rank
+        if rank == 0:
+            folder = Path(out) / "eval" / f"training_{ITERATION}"
+            folder.mkdir(parents=True)
+            torch.save({"teacher": teacher}, folder / "teacher_checkpoint.pth")
+            torch.save(
+                {"backbone_keys": sorted(k for k in teacher if k.startswith("backbone."))}, f"{out}/keys.pt"
+            )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def dinov2_output(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dinov2-train")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(_write, args=(str(out),), nprocs=WORLD, join=True)
+    return out
+
+
+@pytest.mark.slow
+def test_the_per_rank_files_are_what_fsdp_writes(dinov2_output):
+    """Sanity of the fixture: each rank's file is a local state dict (flat shards, unreadable without a process
+    group); the teacher checkpoint holds the whole teacher under DINOv2's names, block chunks included."""
+    for rank in range(WORLD):
+        with pytest.raises(Exception, match="ShardedTensor"):
+            torch.load(dinov2_output / f"model_{ITERATION:07d}.rank_{rank}.pth", weights_only=True)
+    keys = torch.load(dinov2_output / "keys.pt", weights_only=True)["backbone_keys"]
+    assert "backbone.blocks.1.3.ls2.gamma" in keys and "backbone.mask_token" in keys
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", range(WORLD))
+def test_a_per_rank_training_file_is_refused_naming_the_file_to_pass(dinov2_output, rank, tmp_path):
+    path = dinov2_output / f"model_{ITERATION:07d}.rank_{rank}.pth"
+    with pytest.raises(CheckpointError) as err:
+        build("gastronet5m_dinov2", "vit_b14", path, tiny=True)
+    message = str(err.value)
+    assert str(path) in message and "eval/training_<iteration>/teacher_checkpoint.pth" in message
+    assert "sharded (FSDP)" in message
+
+
+@pytest.mark.slow
+def test_the_teacher_checkpoint_of_the_same_run_loads_every_backbone_tensor(dinov2_output, caplog):
+    path = dinov2_output / "eval" / f"training_{ITERATION}" / "teacher_checkpoint.pth"
+    with caplog.at_level(logging.INFO, logger="ssl4gie"):
+        model, _ = build("gastronet5m_dinov2", "vit_b14", path, tiny=True)
+    expected = dinov2_expected(tiny_dinov2())
+    assert_every_tensor(model.encoder, expected, 4)
+    assert (
+        f"loaded {len(expected)} teacher backbone tensors from dinov2 file teacher_checkpoint.pth"
+        in caplog.text
+    )
