@@ -4,8 +4,6 @@ task needs to check, its class checks (:meth:`ssl4gie.tasks.base.Task.check_conf
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
@@ -21,11 +19,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"mode={cfg.mode} is not valid; valid: {', '.join(MODES)}")
     if cfg.mode != "train" and not cfg.ckpt:
         raise ConfigError(f"mode={cfg.mode} needs a checkpoint of a finished run: add ckpt=PATH/TO/best.pt")
-    if cfg.mode != "train" and not Path(str(cfg.ckpt)).expanduser().is_file():
-        raise ConfigError(
-            f"ckpt={cfg.ckpt} does not exist (expected the best.pt of a finished run, or one of the study's "
-            "finetuned files)"
-        )
     if cfg.get("input") and cfg.mode != "predict":
         raise ConfigError(
             f"input={cfg.input} is read by mode=predict only (predict on a folder of frames), not mode={cfg.mode}"

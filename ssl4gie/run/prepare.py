@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from ssl4gie.data.frames import list_frames
 from ssl4gie.engine import distributed
 from ssl4gie.engine.trainer import Trainer
-from ssl4gie.errors import DatasetMissing
+from ssl4gie.errors import ConfigError, DatasetMissing
 from ssl4gie.loggers import Trackers, build_loggers, run_info
 from ssl4gie.models.checkpoints import study as study_checkpoints
 from ssl4gie.run.checkpoint import explicit_options, read_model_checkpoint, with_checkpoint_structure
@@ -71,6 +71,11 @@ def prepare(cfg: DictConfig) -> Run:
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = None
     if cfg.mode != "train":  # the checkpoint first: its structure decides the model
+        if not Path(str(cfg.ckpt)).expanduser().is_file():
+            raise ConfigError(
+                f"ckpt={cfg.ckpt} does not exist (expected the best.pt of a finished run, or one of the study's "
+                "finetuned files)"
+            )
         checkpoint = read_model_checkpoint(cfg.ckpt, cfg.task.name, cfg.backbone.family)
         cfg = with_checkpoint_structure(cfg, checkpoint, explicit_options())
     # The initial weights are part of the run's identity by content: hashed once, before the completed-run check.
@@ -106,7 +111,10 @@ def claim(run: Run, held: ExitStack) -> None:
         run.output_dir, run.fingerprint, run.options, bool(cfg.overwrite), earlier_replaceable=not run.train
     )
     if run.done is not None:
-        log.info("%s already holds a complete run of this configuration; nothing to do", run.output_dir)
+        log.info(
+            "%s already holds a complete run of this configuration; nothing to do",
+            run.output_dir / "metrics.json",
+        )
         return
     if run.dist.is_main:
         record_identity(run.output_dir, run.fingerprint, run.options)
