@@ -63,7 +63,8 @@ def stored_numbers(obj: Mapping[str, Any]) -> dict[str, int | float]:
     out = {}
     for key in STORED:
         value = obj.get(key)
-        if isinstance(value, torch.Tensor | np.ndarray | np.generic) and np.size(value) == 1:
+        size = value.numel() if isinstance(value, torch.Tensor) else getattr(value, "size", None)
+        if isinstance(value, torch.Tensor | np.ndarray | np.generic) and size == 1:
             value = value.item()
         if isinstance(value, int | float) and not isinstance(value, bool):
             out[key] = value
