@@ -29,7 +29,7 @@ from torchvision.transforms import v2
 
 from ssl4gie.data import cache as decoded_cache
 from ssl4gie.data import layouts
-from ssl4gie.data.readers import Reader, is_hidden, log_hidden, open_image, visible_files
+from ssl4gie.data.readers import Reader, log_hidden, open_image, visible_files
 from ssl4gie.data.transforms import normalize, photometric
 from ssl4gie.errors import ConfigError, DatasetError
 
@@ -181,16 +181,6 @@ def decode_frame(frame: DepthFrame, size: int) -> dict[str, np.ndarray]:
     }
 
 
-def _identify(folder: Path, root: Path, table: list[VideoEntry]) -> VideoEntry | None:
-    """The table row this folder is, by any path part that is a sequence name or a video code (exactly one row)."""
-    keys = {}
-    for entry in table:
-        keys[entry.sequence], keys[entry.code] = entry, entry
-    names = {key for part in folder.relative_to(root).parts for key in layouts.c3vd_video_keys(part)}
-    found = {keys[n] for n in names if n in keys}
-    return found.pop() if len(found) == 1 else None
-
-
 def _holds_frames(folder: Path) -> bool:
     return any(p.name.endswith(COLOR) for p in visible_files(folder))
 
@@ -253,14 +243,7 @@ class C3VD(Reader):
         return write_c3vd
 
     def _find_videos(self, unknown_videos: str) -> dict[VideoEntry, Path]:
-        subfolders = [p for p in sorted(self.root.iterdir()) if p.is_dir() and not is_hidden(p)]
-        candidates = [p for p in subfolders if _holds_frames(p)]
-        candidates += [
-            q
-            for p in subfolders
-            for q in sorted(p.iterdir())
-            if q.is_dir() and not is_hidden(q) and _holds_frames(q)
-        ]
+        candidates = layouts.c3vd_video_folders(self.root)
         if not candidates:
             hint = (
                 " (the root itself holds frames: pass the folder above it)"
@@ -274,7 +257,7 @@ class C3VD(Reader):
         videos: dict[VideoEntry, Path] = {}
         unknown = []
         for folder in candidates:
-            entry = _identify(folder, self.root, self.table)
+            entry = layouts.identify_c3vd_video(folder, self.root, self.table)
             if entry is None:
                 unknown.append(folder.relative_to(self.root).as_posix())
             elif entry in videos:

@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ssl4gie.errors import DatasetError
 
@@ -169,6 +170,26 @@ def c3vd_video_keys(folder_name: str) -> set[str]:
     if match:
         keys.add(match.group(1) + match.group(3))
     return keys
+
+
+def c3vd_video_folders(root: Path) -> list[Path]:
+    """The folders at depth 1 (first) or 2 under ``root`` that hold C3VD colour frames, each level sorted: the
+    candidate video folders, as the C3VD reader and the sweep preflight look for them."""
+    subfolders = _visible_dirs(root)
+    found = [p for p in subfolders if _holds_c3vd_frames(p)]
+    return found + [q for p in subfolders for q in _visible_dirs(p) if _holds_c3vd_frames(q)]
+
+
+def identify_c3vd_video(folder: Path, root: Path, table: list) -> Any:
+    """The row of the split ``table`` (entries with ``sequence`` and ``code``) that ``folder`` is, by any part of
+    its path below ``root`` that is a sequence name or a video code (:func:`c3vd_video_keys`); None unless
+    exactly one row matches."""
+    keys = {}
+    for entry in table:
+        keys[entry.sequence], keys[entry.code] = entry, entry
+    names = {key for part in folder.relative_to(root).parts for key in c3vd_video_keys(part)}
+    found = {keys[n] for n in names if n in keys}
+    return found.pop() if len(found) == 1 else None
 
 
 def c3vd_dataverse_name(sequence: str, code: str) -> str:

@@ -265,7 +265,8 @@ def sources_for_sweep(name: str) -> list[Source]:
     """Every source the cells of ``sweeps/<name>.yaml`` read: the datasets of its columns (or ``dataset``
     values, or the task's default) and the weights of its rows, in the sweep's order. Nothing for a dataset the
     sweep writes synthetically or points elsewhere (``dataset.synthetic`` / ``dataset.root``), and no weights for
-    an evaluation sweep (``mode: eval|predict`` loads finished checkpoints)."""
+    an evaluation sweep (``mode: eval|predict`` loads finished checkpoints); the study's released files for a
+    sweep that evaluates them (``sweep=released``)."""
     path = SWEEPS / f"{name}.yaml"
     if not path.is_file():
         valid = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
@@ -296,6 +297,8 @@ def sources_for_sweep(name: str) -> list[Source]:
                 raise ConfigError(f"sweeps/{name}.yaml: unknown row {row!r}")
             weights.append(_rows()[row][::-1])
     found: list[Source] = []
+    if "ssl4gie.released_ckpt" in str(raw.get("ckpt", "")):  # sweep=released evaluates the study's own files
+        found.append(registry()["released"])
     for dataset in datasets:
         if dataset in dataset_sources():
             found += [s for s in resolve(dataset) if s not in found]

@@ -1,6 +1,7 @@
 """``python -m ssl4gie.results SWEEP_DIR [--out DIR] [--metric TASK=METRIC ...] [--frozen] [--ci]``.
 
-Writes the results files (see :func:`~ssl4gie.results.report.write_results`) and prints ``table.md`` to stdout.
+Writes the results files (see :func:`~ssl4gie.results.report.write_results`) and prints ``table.md`` (and
+``stored.md``, for evaluations of the study's released files) to stdout.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # the table itself on stdout (the log goes to stderr), so that the study is readable without opening a file
     sys.stdout.write(written["table.md"].read_text())
+    if "stored.md" in written:  # the study's released files: the numbers stored in them beside ours
+        sys.stdout.write("\n" + written["stored.md"].read_text())
     sys.stdout.flush()
     return 0
 

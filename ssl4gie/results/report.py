@@ -14,6 +14,7 @@ from ssl4gie.results.collect import collect_runs
 from ssl4gie.results.curves import fraction_curves, plot_curves, scale_curves
 from ssl4gie.results.figure import plot_table
 from ssl4gie.results.stats import significance
+from ssl4gie.results.stored import format_stored, stored_table
 from ssl4gie.results.tables import format_table, problem_runs, study_table
 from ssl4gie.utils.io import save_dataframe_csv, write_text
 
@@ -40,7 +41,8 @@ def write_results(
 ) -> dict[str, Path]:
     """Collect ``sweep_dir`` and write ``runs.csv``, ``table.{md,csv,tex,png}``, ``significance.{csv,md}``;
     ``fractions.{csv,png}`` for a label-efficiency sweep (two or more ``train_fraction`` values in a column) and
-    ``data_scale.{csv,png}`` for a data-scale series (a row with two or more ``pretraining_data_size`` values).
+    ``data_scale.{csv,png}`` for a data-scale series (a row with two or more ``pretraining_data_size`` values);
+    ``stored.{md,csv}`` where runs evaluated the study's released files (their stored numbers beside ours).
 
     ``ci``: bootstrap intervals in the tables and paired bootstrap differences in the significance report.
     ``out_dir`` defaults to ``<sweep_dir>/results``. Returns ``{file name: path}``. Failed or missing cells do
@@ -73,6 +75,10 @@ def write_results(
             + f"\n\n{notes}\n",
         ),
     }
+    stored = stored_table(runs)  # evaluations of the study's released files: their own numbers beside ours
+    if not stored.empty:
+        written["stored.csv"] = save_dataframe_csv(out / "stored.csv", stored)
+        written["stored.md"] = write_text(out / "stored.md", format_stored(stored, digits))
     fractions = fraction_curves(runs, metric_overrides, frozen)
     if not fractions.empty:
         written["fractions.csv"] = save_dataframe_csv(out / "fractions.csv", fractions)

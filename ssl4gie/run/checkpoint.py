@@ -20,7 +20,7 @@ log = logging.getLogger("ssl4gie")
 def read_model_checkpoint(path: str | Path, task: str, family: str) -> dict[str, Any]:
     """What eval/predict load: an ssl4gie run checkpoint (``best.pt``), or one of the study's finetuned files
     converted for ``task`` and the backbone ``family`` (``model_config`` None; ``receipt`` says what was loaded
-    and what was dropped by rule)."""
+    and what was dropped by rule; ``stored``: the file's own ``epoch``, ``val_perf``, ``test_perf``)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise Ssl4gieError(f"checkpoint {path} does not exist (option ckpt)")
@@ -34,7 +34,16 @@ def read_model_checkpoint(path: str | Path, task: str, family: str) -> dict[str,
     rules = ", ".join(f"{len(keys)} {reason}" for reason, keys in dropped.items() if keys)
     receipt = f"loaded {len(state)} tensors from {study.describe(task, family)} file {path.name}; dropped by rule: {rules}"
     epoch = int(obj["epoch"])
-    return {"model": state, "model_config": None, "epoch": epoch, "best_epoch": epoch, "receipt": receipt}
+    # the authors' own numbers at the epoch they kept, for metrics.json (stored/*) beside ours
+    stored = study.stored_numbers(obj)
+    return {
+        "model": state,
+        "model_config": None,
+        "epoch": epoch,
+        "best_epoch": epoch,
+        "receipt": receipt,
+        "stored": stored,
+    }
 
 
 # model_config keys added later, with the value every earlier checkpoint had

@@ -30,6 +30,8 @@ NOT_IDENTITY = (
     "trainer.num_figures",
     "trainer.keep_last",
     "skip_missing_data",
+    "skip_missing_ckpt",  # whether an absent ckpt skips an evaluation: what a run is run on, not what it is
+    "preflight",  # whether a sweep is checked before it starts
     "overwrite",  # whether a run may replace another configuration's results in its folder
     "backbone.random_init",  # a description for the log
     "dataset.root",

@@ -60,7 +60,9 @@ def fit(run: Run) -> dict[str, Any]:
 
 def load_checkpoint(run: Run) -> dict[str, Any]:
     """``mode=eval|predict`` (rank 0): the weights of ``ckpt``, checked against the model the config built, and
-    the test split of the dataset (unless predicting on a folder of frames)."""
+    the test split of the dataset (unless predicting on a folder of frames). A study file's stored ``epoch``,
+    ``val_perf`` and ``test_perf`` go into ``metrics.json`` as ``stored/epoch``, ``stored/val_perf``,
+    ``stored/test_perf``."""
     if not run.dist.is_main:
         return {}
     cfg, ckpt = run.cfg, run.checkpoint
@@ -71,6 +73,8 @@ def load_checkpoint(run: Run) -> dict[str, Any]:
         check_model_config(ckpt, run.trainer.model_config, cfg.ckpt)
     run.model.load_state_dict(ckpt["model"], strict=ckpt["model_config"] is not None)
     run.facts.update(ckpt=str(cfg.ckpt), epochs=int(ckpt["epoch"]), best_epoch=int(ckpt["best_epoch"]))
+    # a study file's own numbers (training-time metrics at the kept epoch), exactly as stored, beside ours
+    run.facts.update({f"stored/{key}": value for key, value in ckpt.get("stored", {}).items()})
     if run.frames is None:
         run.data = _datasets(run, ["test"])
         write_json(

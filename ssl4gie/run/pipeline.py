@@ -19,7 +19,7 @@ from ssl4gie.engine import distributed
 from ssl4gie.errors import Ssl4gieError
 from ssl4gie.loggers import Trackers
 from ssl4gie.run.modes import finish, fit, load_checkpoint, predict_frames, test
-from ssl4gie.run.prepare import build, claim, prepare
+from ssl4gie.run.prepare import build, claim, prepare, skip_absent_checkpoint
 from ssl4gie.utils.io import write_json
 
 log = logging.getLogger("ssl4gie")
@@ -74,6 +74,8 @@ def execute(cfg: DictConfig) -> float | None:
     """One run: prepare → claim the folder → build → fit or load → test (if the task tests) → finish. Returns the
     monitored validation metric (for sweepers); the trackers (``logger=``) are finished with how the run ended, and
     the run folder released, also on an error."""
+    if skip_absent_checkpoint(cfg):  # skip_missing_ckpt=true: an absent ckpt skips the cell (sweep=released)
+        return None
     with Trackers() as trackers, ExitStack() as held:
         run = prepare(cfg)  # checks, identity, process group
         claim(run, held)  # one writer per folder; a finished run of this configuration, or of another one

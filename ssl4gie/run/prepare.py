@@ -63,6 +63,23 @@ class Run:
         return self.cfg.mode == "train"
 
 
+def skip_absent_checkpoint(cfg: DictConfig) -> bool:
+    """``mode=eval|predict`` with ``skip_missing_ckpt=true`` and no file at ``ckpt`` (``sweep=released``: a file the
+    study's folder lacks): the run writes ``skipped.json`` with the reason and stops, before anything else; True
+    then. A ``skipped.json`` of an earlier launch is removed by :func:`build` once the file is there."""
+    if cfg.mode == "train" or not cfg.get("skip_missing_ckpt") or not cfg.ckpt:
+        return False
+    ckpt = Path(str(cfg.ckpt)).expanduser()
+    if ckpt.is_file():
+        return False
+    log.warning("checkpoint %s does not exist; cell skipped (skip_missing_ckpt=true)", ckpt)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    reason = f"checkpoint {ckpt} does not exist (option ckpt; skip_missing_ckpt=true)"
+    write_json(output_dir / "skipped.json", {"reason": reason, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return True
+
+
 def prepare(cfg: DictConfig) -> Run:
     """Check the config (and, in eval/predict, adopt the checkpoint's model structure), establish the run's identity
     and join the process group."""

@@ -8,13 +8,21 @@ by reference), which imports the package before Hydra resolves the job's folder.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import PurePath
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from ssl4gie.data.splits import DEFAULT_FOLD_SEED, OFFICIAL_SPLIT_FILE
+from ssl4gie.run import released
 from ssl4gie.run.weights import run_dir_tag
+
+# The longest file or folder name, in bytes, of Linux's file systems (ext4, xfs, btrfs: NAME_MAX) and macOS's APFS
+NAME_MAX = 255
+NAME_HASH = (
+    12  # hex digits of the sha256 that end a shortened name (48 bits: no two cells of a sweep share one)
+)
 
 
 def weights_tag(prefix: str = "", *, _root_: Any) -> str:
@@ -23,16 +31,40 @@ def weights_tag(prefix: str = "", *, _root_: Any) -> str:
     return f"{prefix}{tag}" if tag else ""
 
 
+def fit_name(name: str) -> str:
+    """A sweep cell's folder name that the file system accepts: ``name`` itself when each of its "/"-separated
+    parts (an override value may be a path) is at most :data:`NAME_MAX` bytes, as every name of the study's
+    sweeps is; otherwise each longer part keeps its first bytes and ends in ``~`` and the first :data:`NAME_HASH`
+    hex digits of the sha256 of the whole ``name``. Deterministic, so a relaunched sweep finds its cells' folders;
+    the full overrides stay in each cell's ``.hydra/overrides.yaml``."""
+    parts = name.split("/")
+    if all(len(part.encode()) <= NAME_MAX for part in parts):
+        return name
+    suffix = "~" + hashlib.sha256(name.encode()).hexdigest()[:NAME_HASH]
+    keep = NAME_MAX - len(suffix)
+    return "/".join(
+        part if len(part.encode()) <= NAME_MAX else part.encode()[:keep].decode(errors="ignore") + suffix
+        for part in parts
+    )
+
+
+def cell_dir(override_dirname: Any) -> str:
+    """``${ssl4gie.cell_dir:${hydra.job.override_dirname}}``: the cell's override dirname, shortened to fit
+    (:func:`fit_name`); for sweeps that load no pretraining weights (``sweep=released``), whose folders are not
+    named by a weights file."""
+    return fit_name("" if override_dirname is None else str(override_dirname))
+
+
 def with_weights(override_dirname: Any, *, _root_: Any) -> str:
     """``${ssl4gie.with_weights:${hydra.job.override_dirname}}``: the cell's override dirname plus
-    ``weights=<tag>`` for local weights (joined with Hydra's own separators), unchanged otherwise."""
+    ``weights=<tag>`` for local weights (joined with Hydra's own separators), shortened to fit (:func:`fit_name`)."""
     dirname = "" if override_dirname is None else str(override_dirname)
     tag = run_dir_tag(_root_)
     if not tag:
-        return dirname
+        return fit_name(dirname)
     item_sep = OmegaConf.select(_root_, "hydra.job.config.override_dirname.item_sep", default=",")
     kv_sep = OmegaConf.select(_root_, "hydra.job.config.override_dirname.kv_sep", default="=")
-    return item_sep.join(part for part in (dirname, f"weights{kv_sep}{tag}") if part)
+    return fit_name(item_sep.join(part for part in (dirname, f"weights{kv_sep}{tag}") if part))
 
 
 def split_tag(prefix: str = "", *, _root_: Any) -> str:
@@ -84,8 +116,9 @@ def study_ckpt(sweep_dir: Any, column: Any, *, _root_: Any) -> str:
     """``${ssl4gie.study_ckpt:SWEEP_DIR,COLUMN}``: ``best.pt`` of this run's row and seed in column ``COLUMN`` of
     a finished study sweep, e.g. ``SWEEP_DIR/column=kvasir_seg,row=rn_hk_mc,seed=42,weights=1a2b3c4d/best.pt``.
 
-    The cell folder is named as :func:`with_weights` names it, so a row that loads a weights file finds the cell
-    trained from the same file (by content). Never raises: a missing file is reported by the run (option ckpt).
+    The cell folder is named as :func:`with_weights` names it (a name too long for the file system shortened by the
+    same rule), so a row that loads a weights file finds the cell trained from the same file (by content). Never
+    raises: a missing file is reported by the run (option ckpt).
     """
     backbone = OmegaConf.select(_root_, "backbone.code", default="")
     pretraining = OmegaConf.select(_root_, "pretraining.code", default="")
@@ -93,6 +126,19 @@ def study_ckpt(sweep_dir: Any, column: Any, *, _root_: Any) -> str:
     seed = OmegaConf.select(_root_, "seed", default="")
     cell = with_weights(f"column={column},row={row},seed={seed}", _root_=_root_)
     return str(PurePath(str(sweep_dir)) / cell / "best.pt")
+
+
+def released_ckpt(released_dir: Any, *, _root_: Any) -> str:
+    """``${ssl4gie.released_ckpt:${paths.released_dir}}``: the study's released finetune of this cell's task,
+    backbone, pretraining and dataset under ``released_dir``, found by its published name (also in the study's
+    ``<Task>/Trained models/`` folders); where it is expected when absent (:mod:`ssl4gie.run.released`)."""
+
+    def name(key: str) -> str:
+        return str(OmegaConf.select(_root_, f"{key}.name", default=""))
+
+    return released.released_ckpt(
+        str(released_dir), name("task"), name("backbone"), name("pretraining"), name("dataset")
+    )
 
 
 def eval_split(trained_on: Any, *, _root_: Any) -> str:
@@ -121,6 +167,8 @@ def register() -> None:
     """Register the resolvers; idempotent (``replace=True``, so re-imports and reloads are harmless)."""
     OmegaConf.register_new_resolver("ssl4gie.weights_tag", weights_tag, replace=True)
     OmegaConf.register_new_resolver("ssl4gie.with_weights", with_weights, replace=True)
+    OmegaConf.register_new_resolver("ssl4gie.cell_dir", cell_dir, replace=True)
+    OmegaConf.register_new_resolver("ssl4gie.released_ckpt", released_ckpt, replace=True)
     OmegaConf.register_new_resolver("ssl4gie.split_tag", split_tag, replace=True)
     OmegaConf.register_new_resolver("ssl4gie.study_ckpt", study_ckpt, replace=True)
     OmegaConf.register_new_resolver("ssl4gie.eval_split", eval_split, replace=True)

@@ -22,6 +22,7 @@ EXPECTED = {
     "depth": 12,
     "smoke": 2,
     "generalisation": 60,
+    "released": 72,
     "gi_foundation": 78,
     "data_scale": 18,
     "label_efficiency": 360,
@@ -62,6 +63,8 @@ def test_sweep_expands_to_valid_cells(name):
     ):  # one context: fast repeated composes
         configs = [compose(config_name="config", overrides=[f"sweep={name}", *cell]) for cell in cells]
     for cfg in configs:
+        if cfg.mode != "train":  # an evaluation's ckpt is a finished run's file, not the sweep's
+            cfg.ckpt = __file__
         validate(cfg)  # dataset fits the task, pretraining exists for the backbone
         assert (cfg.backbone.name, cfg.pretraining.name) not in INVALID
         method = cfg.ssl.name if "ssl" in cfg else None  # pretraining cells differ by method

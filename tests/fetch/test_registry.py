@@ -75,6 +75,8 @@ def test_the_study_sweep_reads_four_datasets_and_ten_weights_files():
         ]
     )  # fmt: skip
     assert sources_for_sweep("smoke") == []  # synthetic data, random rows
+    released = [s.name for s in sources_for_sweep("released")]  # the study's own files, then the datasets
+    assert released == ["released", "hyperkvasir_labelled", "kvasir_seg", "cvc_clinicdb", "c3vd"]
 
 
 def _composed_sources(sweep: str) -> set[str]:

@@ -174,17 +174,18 @@ LAYOUTS: list[tuple[str, str, Builder]] = [
 
 
 # ------------------------------------------------------------- the study's fine-tuned files (SPEC 4.8, 14)
-def study_file(path, model_state: dict) -> None:
-    """A file with exactly the keys and types of the study's checkpoints (numpy float64 loss, numpy RNG tuple)."""
+def study_file(path, model_state: dict, epoch=7, val_perf=0.8, test_perf=0.7) -> None:
+    """A file with exactly the keys and types of the study's checkpoints (numpy float64 loss, numpy RNG tuple);
+    ``epoch``, ``val_perf``, ``test_perf``: the training script's numbers it stores."""
     torch.save(
         {
-            "epoch": 7,
+            "epoch": epoch,
             "model_state_dict": model_state,
             "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
             "scaler_state_dict": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5},
             "loss": np.float64(0.25),
-            "val_perf": 0.8,
-            "test_perf": 0.7,
+            "val_perf": val_perf,
+            "test_perf": test_perf,
             "py_state": random.getstate(),
             "np_state": np.random.get_state(),
             "torch_state": torch.get_rng_state(),

@@ -53,6 +53,24 @@ def _numpy_globals() -> list:
     return allowed
 
 
+STORED = ("epoch", "val_perf", "test_perf")  # the training script's numbers at the epoch it kept
+
+
+def stored_numbers(obj: Mapping[str, Any]) -> dict[str, int | float]:
+    """The file's own ``epoch``, ``val_perf`` and ``test_perf`` as plain Python numbers, exactly as stored (a
+    one-element tensor or numpy scalar by its ``item()``, e.g. the detection script's ``mAP.item()``); a key the
+    file lacks is left out."""
+    out = {}
+    for key in STORED:
+        value = obj.get(key)
+        size = value.numel() if isinstance(value, torch.Tensor) else getattr(value, "size", None)
+        if isinstance(value, torch.Tensor | np.ndarray | np.generic) and size == 1:
+            value = value.item()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = value
+    return out
+
+
 def is_study_checkpoint(path: str | Path) -> bool:
     """Whether ``path`` is one of the study's files (read memory-mapped; any read problem: False, and the real
     reader reports it)."""

@@ -99,6 +99,19 @@ def test_wrong_task_wrong_backbone_and_truncated_study_files_are_refused(tmp_pat
         execute(compose_config([*overrides, "mode=eval", f"ckpt={truncated}"], tmp_path / "cut"))
 
 
+def test_a_study_files_stored_numbers_come_out_as_plain_numbers_exactly(tmp_path):
+    from ssl4gie.models.checkpoints.study import read_study_file, stored_numbers
+
+    # as the scripts save them: Python numbers (a detector's mAP by its item()), here one numpy value too
+    path = tmp_path / "stored.pth"
+    study_file(path, {"lin_head.weight": torch.zeros(1)}, epoch=12, val_perf=np.float64(0.1 + 0.2))
+    assert stored_numbers(read_study_file(path)) == {"epoch": 12, "val_perf": 0.1 + 0.2, "test_perf": 0.7}
+    assert all(type(v) in (int, float) for v in stored_numbers(read_study_file(path)).values())
+    tensor = stored_numbers({"epoch": 3, "val_perf": torch.tensor(0.25), "test_perf": torch.tensor([0.5])})
+    assert tensor == {"epoch": 3, "val_perf": 0.25, "test_perf": 0.5}
+    assert stored_numbers({"epoch": 3, "test_perf": "n/a"}) == {"epoch": 3}  # not a number: left out
+
+
 def test_study_files_of_the_other_kinds_are_recognised_by_their_keys():
     assert detect_kind(
         {"rpn.head.conv.weight": 0, "backbone.body.layer1.0.bn1.weight": 0, "backbone.body.conv1.weight": 0}
