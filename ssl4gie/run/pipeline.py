@@ -19,7 +19,7 @@ from ssl4gie.engine import distributed
 from ssl4gie.errors import Ssl4gieError
 from ssl4gie.loggers import Trackers
 from ssl4gie.run.modes import finish, fit, load_checkpoint, predict_frames, test
-from ssl4gie.run.prepare import build, claim, prepare, skip_absent_checkpoint
+from ssl4gie.run.prepare import build, claim, prepare, skip_absent_input
 from ssl4gie.utils.io import write_json
 
 log = logging.getLogger("ssl4gie")
@@ -71,18 +71,18 @@ def record_failure(output_dir: Path, error: BaseException) -> None:
 
 
 def execute(cfg: DictConfig) -> float | None:
-    """One run: prepare → claim the folder → build → fit or load → test (if the task tests) → finish. Returns the
-    monitored validation metric (for sweepers); the trackers (``logger=``) are finished with how the run ended, and
-    the run folder released, also on an error."""
-    if skip_absent_checkpoint(cfg):  # skip_missing_ckpt=true: an absent ckpt skips the cell (sweep=released)
+    """One run: prepare → claim the folder → build → fit or load → test (if the task tests) → finish; an
+    evaluation of an input the sweep allows to be absent is skipped first. Returns the monitored validation metric
+    (for sweepers); the trackers (``logger=``) are finished with how the run ended, and the run folder released, also
+    on an error."""
+    if skip_absent_input(cfg):  # an evaluation sweep's absent checkpoint or dataset: skipped.json
         return None
     with Trackers() as trackers, ExitStack() as held:
         run = prepare(cfg)  # checks, identity, process group
         claim(run, held)  # one writer per folder; a finished run of this configuration, or of another one
         if run.done is not None:  # a complete run of this configuration: nothing to do
             return run.done.get(run.task.monitor)
-        if not build(run, trackers):  # data, model, trainer; False: an absent dataset skips this cell
-            return None
+        build(run, trackers)  # data reader, model, trainer
         results = fit(run) if run.train else load_checkpoint(run)
         if not run.dist.is_main:
             return None

@@ -63,19 +63,28 @@ class Run:
         return self.cfg.mode == "train"
 
 
-def skip_absent_checkpoint(cfg: DictConfig) -> bool:
-    """``mode=eval|predict`` with ``skip_missing_ckpt=true`` and no file at ``ckpt`` (``sweep=released``: a file the
-    study's folder lacks): the run writes ``skipped.json`` with the reason and stops, before anything else; True
-    then. A ``skipped.json`` of an earlier launch is removed by :func:`build` once the file is there."""
-    if cfg.mode == "train" or not cfg.get("skip_missing_ckpt") or not cfg.ckpt:
+def skip_absent_input(cfg: DictConfig) -> bool:
+    """An evaluation whose input the sweep allows to be absent: with ``skip_missing_ckpt=true`` no file at ``ckpt``
+    (``sweep=released``: a file the study's folder lacks), with ``skip_missing_data=true`` no dataset
+    (``sweep=generalisation``: every polyp set present). Such a cell writes ``skipped.json`` with the reason and
+    stops, before anything is read or built; True then. A ``skipped.json`` of an earlier launch is removed by
+    :func:`build` once the input is there. Training on absent input is always an error."""
+    if cfg.mode == "train":
         return False
-    ckpt = Path(str(cfg.ckpt)).expanduser()
-    if ckpt.is_file():
+    reason = None
+    ckpt = Path(str(cfg.ckpt)).expanduser() if cfg.ckpt else None
+    if cfg.skip_missing_ckpt and ckpt is not None and not ckpt.is_file():
+        reason = f"checkpoint {ckpt} does not exist (option ckpt; skip_missing_ckpt=true)"
+    elif cfg.skip_missing_data and not (cfg.mode == "predict" and cfg.input):
+        try:
+            instantiate_checked(cfg.dataset)
+        except DatasetMissing as missing:
+            reason = str(missing)
+    if reason is None:
         return False
-    log.warning("checkpoint %s does not exist; cell skipped (skip_missing_ckpt=true)", ckpt)
+    log.warning("%s; cell skipped", reason.split(" Expected layout")[0])
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    reason = f"checkpoint {ckpt} does not exist (option ckpt; skip_missing_ckpt=true)"
     write_json(output_dir / "skipped.json", {"reason": reason, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
     return True
 
@@ -145,13 +154,13 @@ def claim(run: Run, held: ExitStack) -> None:
         run.frames = list_frames(cfg.input)
 
 
-def build(run: Run, trackers: Trackers) -> bool:
-    """The data reader, the model (its pretraining weights loaded in training) and the trainer; the trackers
-    started on rank 0. False when the dataset is absent and the run may skip it (``skip_missing_data``)."""
+def build(run: Run, trackers: Trackers) -> None:
+    """The data reader (its root and layout checked), the model (its pretraining weights loaded in training) and
+    the trainer; the trackers started on rank 0."""
     cfg, task = run.cfg, run.task
-    (run.output_dir / "skipped.json").unlink(missing_ok=True)  # a dataset that was missing may be here now
-    if run.frames is None and not _read_dataset(run):
-        return False
+    (run.output_dir / "skipped.json").unlink(missing_ok=True)  # an input that was missing is here now
+    if run.frames is None:
+        run.reader = instantiate_checked(cfg.dataset)
     if not run.train and study_checkpoints.is_study_checkpoint(cfg.ckpt):
         task.use_study_model()  # so that the study's weights run exactly as they did
     # eval/predict: the checkpoint holds every tensor, so the row's weights are not loaded (pretraining.load)
@@ -176,25 +185,6 @@ def build(run: Run, trackers: Trackers) -> bool:
         run.trainer.loggers = [trackers]
     task.augment_on_device = run.trainer.augment_on_device  # the loader workers then leave it to the device
     run.facts = run_facts(run)
-    return True
-
-
-def _read_dataset(run: Run) -> bool:
-    """The dataset reader (its root and layout checked); False when it is absent and the run may skip it."""
-    cfg = run.cfg
-    try:
-        run.reader = instantiate_checked(cfg.dataset)
-    except DatasetMissing as missing:
-        if run.train or not cfg.skip_missing_data:
-            raise
-        # An evaluation sweep over "every dataset present" (sweep=generalisation): an absent set is no failure.
-        log.warning("%s; cell skipped (skip_missing_data=true)", str(missing).split(" Expected layout")[0])
-        write_json(
-            run.output_dir / "skipped.json",
-            {"reason": str(missing), "time": time.strftime("%Y-%m-%d %H:%M:%S")},
-        )
-        return False
-    return True
 
 
 def model_config(cfg: DictConfig, task: Task, model: torch.nn.Module) -> dict[str, Any]:
