@@ -71,18 +71,18 @@ def skip_absent_input(cfg: DictConfig) -> bool:
     :func:`build` once the input is there. Training on absent input is always an error."""
     if cfg.mode == "train":
         return False
-    reason = None
+    reason, option = None, ""
     ckpt = Path(str(cfg.ckpt)).expanduser() if cfg.ckpt else None
     if cfg.skip_missing_ckpt and ckpt is not None and not ckpt.is_file():
-        reason = f"checkpoint {ckpt} does not exist (option ckpt; skip_missing_ckpt=true)"
+        reason, option = f"checkpoint {ckpt} does not exist (option ckpt)", "skip_missing_ckpt"
     elif cfg.skip_missing_data and not (cfg.mode == "predict" and cfg.input):
         try:
             instantiate_checked(cfg.dataset)
         except DatasetMissing as missing:
-            reason = str(missing)
+            reason, option = str(missing), "skip_missing_data"
     if reason is None:
         return False
-    log.warning("%s; cell skipped", reason.split(" Expected layout")[0])
+    log.warning("%s; cell skipped (%s=true)", reason.split(" Expected layout")[0], option)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / "skipped.json", {"reason": reason, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
