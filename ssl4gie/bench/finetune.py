@@ -25,25 +25,30 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
-import platform
 import resource
 import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import Dataset, Subset
-from tqdm.auto import tqdm
 
-from ssl4gie.errors import ConfigError, Ssl4gieError
+from ssl4gie.bench.common import (
+    BatchFeed,
+    compose,
+    loader_throughputs,
+    machine_info,
+    run_command,
+    sync,
+    train_throughput,
+)
+from ssl4gie.errors import ConfigError
 from ssl4gie.run.checks import validate
-from ssl4gie.utils.conf import CONF_DIR, group_options, instantiate_checked
+from ssl4gie.utils.conf import group_options, instantiate_checked
 
 log = logging.getLogger("ssl4gie.bench")
 
@@ -126,38 +131,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def compose_real(overrides: list[str], what: str = "these options") -> DictConfig:
-    """The real config (conf/) with ``overrides``, as ``run.py`` composes it; a bad option is a ConfigError naming
-    ``what`` was composed (shared by every benchmark)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"cannot compose the config (conf/) of {what}: {e}") from e
-
-
-def build_trainer(cfg: DictConfig, output_dir: Path, fingerprint: str) -> tuple:
-    """``(task, reader, trainer)`` built as ``ssl4gie.run.pipeline`` builds a run: seeded, cuDNN autotuning as a run
-    sets it, the task's model and the real Trainer (GPU-side augmentation told to the task)."""
-    from ssl4gie.engine.trainer import Trainer
-    from ssl4gie.utils.seed import seed_everything
-
-    seed_everything(cfg.seed)
-    torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
-    task = instantiate_checked(cfg.task, _recursive_=False)
-    reader = instantiate_checked(cfg.dataset)
-    model = task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
-    trainer = Trainer(cfg.trainer, task, model, output_dir, cfg.seed, fingerprint, {})
-    task.augment_on_device = trainer.augment_on_device
-    return task, reader, trainer
-
-
-def compose(args: argparse.Namespace) -> DictConfig:
+def compose_case(args: argparse.Namespace) -> DictConfig:
     """The real config (conf/) with the benchmark's settings; paths are filled in by :func:`run`."""
     overrides = [
         f"task={args.task}",
@@ -173,7 +147,7 @@ def compose(args: argparse.Namespace) -> DictConfig:
         *([f"task.input_size={args.input_size}"] if args.input_size else []),
         *args.overrides,
     ]
-    cfg = compose_real(overrides)
+    cfg = compose(overrides)
     if args.compile:
         if "compile" not in cfg.trainer:
             raise ConfigError(
@@ -183,127 +157,15 @@ def compose(args: argparse.Namespace) -> DictConfig:
     return cfg
 
 
-class BatchFeed:
-    """An iterable of ``n`` batches per pass, drawn from one long-lived iterator over ``source`` (restarted when
-    it runs out), that times how long each batch takes to arrive and can keep the batches for a replay."""
-
-    def __init__(self, source: Iterable, keep: bool = False) -> None:
-        self.source, self.keep, self.iterator = source, keep, None
-        self.n, self.wait_s, self.images, self.kept = 0, 0.0, 0, []
-
-    def take(self, n: int) -> BatchFeed:
-        self.n, self.wait_s, self.images = n, 0.0, 0
-        return self
-
-    def __len__(self) -> int:
-        return self.n
-
-    @staticmethod
-    def count(batch: dict) -> int:
-        """Images in ``batch`` (what the rates count): one per ``meta`` entry (a batch of encoded frames for the
-        device has no ``image`` yet)."""
-        return len(batch["meta"] if "meta" in batch else batch["image"])
-
-    def __iter__(self) -> Iterator[dict]:
-        for _ in range(self.n):
-            tick = time.perf_counter()
-            if self.iterator is None:
-                self.iterator = iter(self.source)
-            try:
-                batch = next(self.iterator)
-            except StopIteration:  # an epoch ended: start the next (a real run pays this too)
-                self.iterator = iter(self.source)
-                batch = next(self.iterator)
-            self.wait_s += time.perf_counter() - tick
-            self.images += self.count(batch)
-            if self.keep:
-                self.kept.append(batch)
-            yield batch
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def loader_throughputs(
-    loaders: dict[str, Iterable], batches: int, warmup: int, rounds: int = 3, progress: bool = True
-) -> dict[str, float]:
-    """Images/s of each loader over ``batches`` timed batches.
-
-    The loaders take turns, ``rounds`` times, each turn on a fresh iterator with ``warmup`` untimed batches first
-    (worker start-up), so that a change in the machine's load during the benchmark hits every loader alike.
-    """
-    images, seconds = dict.fromkeys(loaders, 0), dict.fromkeys(loaders, 0.0)
-    per_round = math.ceil(batches / rounds)
-    bar = tqdm(total=batches * len(loaders), desc="loaders", leave=False, disable=None if progress else True)
-    for done in range(0, batches, per_round):
-        for name, loader in loaders.items():
-            feed = BatchFeed(loader)
-            for _ in feed.take(warmup):
-                pass
-            start = time.perf_counter()
-            for _ in feed.take(min(per_round, batches - done)):
-                bar.update()
-            seconds[name] += time.perf_counter() - start
-            images[name] += feed.images
-            feed.iterator = None  # ends its workers before the next loader's turn
-    bar.close()
-    return {name: images[name] / seconds[name] for name in loaders}
-
-
-def train_throughput(trainer, feed: BatchFeed, steps: int, warmup: int) -> tuple[float, float]:
-    """(images/s, fraction of step time spent waiting for batches) of ``steps`` training steps after ``warmup``."""
-    if warmup:
-        trainer.train_epoch(feed.take(warmup), 1)
-    _sync(trainer.device)
-    start = time.perf_counter()
-    trainer.train_epoch(feed.take(steps), 1)
-    _sync(trainer.device)
-    elapsed = time.perf_counter() - start
-    return feed.images / elapsed, feed.wait_s / elapsed
-
-
 def eval_throughput(trainer, dataset: Dataset, images: int) -> float:
     """Images/s of ``trainer.evaluate`` on the first ``images`` samples: loader (its start included, as in every
     evaluation), forward, metrics. The model's kernels are warm from training."""
     subset = Subset(dataset, range(min(len(dataset), images)))
-    _sync(trainer.device)
+    sync(trainer.device)
     start = time.perf_counter()
     trainer.evaluate(subset, "val")
-    _sync(trainer.device)
+    sync(trainer.device)
     return len(subset) / (time.perf_counter() - start)
-
-
-def machine_info(device: torch.device) -> dict:
-    import timm
-    import torchvision
-
-    # not platform.processor(): it forks `uname`, a child process that would count in getrusage
-    cpu_model = platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in cpuinfo.read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu_model = names[0] if names else cpu_model
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_available": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_model": cpu_model,
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        # The benchmark shares the machine with whatever else runs: a load above the core count skews the numbers.
-        "load_avg_start": round(os.getloadavg()[0], 2),
-    }
 
 
 def _point_at_data(cfg: DictConfig, args: argparse.Namespace, work: Path) -> None:
@@ -371,7 +233,7 @@ def run(args: argparse.Namespace) -> dict:
     from ssl4gie.utils.io import write_json
     from ssl4gie.utils.seed import seed_everything
 
-    cfg = compose(args)
+    cfg = compose_case(args)
     validate(cfg)
     work = Path(args.work_dir or Path(cfg.paths.cache_dir) / "bench").expanduser()
     _point_at_data(cfg, args, work)
@@ -479,27 +341,6 @@ def format_table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point; returns the results dict. A user error exits with status 2."""
     return run_command(parse_args(argv), run, format_table)
-
-
-def run_command(args: argparse.Namespace, run: Callable, format_table: Callable) -> dict:
-    """What the benchmark commands share: logging, ``--threads``, ``run(args)`` (a user error exits with status
-    2), then ``format_table(results)`` on stdout. Returns the results dict."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-        )
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        results = run(args)
-    except Ssl4gieError as e:
-        log.error("%s", e)
-        raise SystemExit(2) from None
-    finally:
-        torch.set_num_threads(threads)  # main() may run inside another program (the tests)
-    sys.stdout.write(format_table(results) + "\n")  # the command's result table
-    return results
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ more:
 * training images/s and the share of step time spent waiting for the next batch;
 * peak GPU memory (``torch.cuda.max_memory_allocated``, reset per case);
 * FLOPs of one training micro-step (forward + backward, ``FlopCounterMode``) and model FLOP utilisation
-  MFU = model FLOPs/s ÷ the GPU's dense bf16 peak (:data:`ssl4gie.bench.tools.BF16_PEAK_TFLOPS`,
+  MFU = model FLOPs/s ÷ the GPU's dense bf16 peak (:data:`ssl4gie.bench.flops.BF16_PEAK_TFLOPS`,
   ``--peak-tflops``; n/a on a CPU);
 * the loader's images/s per worker in GPU-augment mode (workers only read the decoded cache and collate; the
   batch is augmented on the GPU) with 1 and 2 workers, on any machine, and the CPU cores one GPU needs at the
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import math
 import os
 import tempfile
 import time
@@ -42,9 +41,17 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, open_dict
 
-from ssl4gie.bench import finetune as bench
-from ssl4gie.bench import tools as bench_tools
-from ssl4gie.bench.finetune import BatchFeed, _sync, build_trainer, compose_real, machine_info
+from ssl4gie.bench import common, flops
+from ssl4gie.bench import data as bench_data
+from ssl4gie.bench.common import (
+    BatchFeed,
+    build_trainer,
+    compose,
+    fmt,
+    machine_info,
+    rounded,
+    sync,
+)
 from ssl4gie.run.checks import validate
 
 log = logging.getLogger("ssl4gie.bench")
@@ -174,7 +181,7 @@ def compose_case(task: str, backbone: str, args: argparse.Namespace, roots: dict
         *(["backbone.tiny=true", *TINY_OVERRIDES[task]] if args.tiny else []),
         *args.overrides,
     ]
-    cfg = compose_real(overrides, f"{task}/{backbone}")
+    cfg = compose(overrides, f"{task}/{backbone}")
     with open_dict(cfg):
         cfg.dataset.root, cfg.dataset.synthetic = str(roots[DATA_OF[cfg.dataset.name]]), None
         if "study_size" in cfg.dataset:
@@ -187,12 +194,6 @@ def compose_case(task: str, backbone: str, args: argparse.Namespace, roots: dict
     return cfg
 
 
-def input_label(task, backbone_family: str) -> str:
-    if task.name != "detection":
-        return f"{task.input_size}²"
-    return f"canvas {task.canvas_size}²" if backbone_family == "vit" else f"{task.min_size}/{task.max_size}"
-
-
 def _empty_case(task: str, backbone: str) -> dict:
     return {**dict.fromkeys(CASE_KEYS), "task": task, "backbone": backbone, "dataset": DATASETS[task]}
 
@@ -201,7 +202,7 @@ def measure_case(cfg: DictConfig, args: argparse.Namespace, cache_dir: Path, scr
     """One case's measurements (the keys of :data:`CASE_KEYS` it fills). Raises on failure (OOM included)."""
     task, reader, trainer = build_trainer(cfg, scratch, "bench-gpu")
     facts = {
-        "input": input_label(task, cfg.backbone.family),
+        "input": task.input_label(),
         "batch_size": trainer.micro_batch * trainer.accum_steps,
         "micro_batch": trainer.micro_batch,
         "accum_steps": trainer.accum_steps,
@@ -223,7 +224,7 @@ def measure_case(cfg: DictConfig, args: argparse.Namespace, cache_dir: Path, scr
     # augmentation (detection: also decoding) happens on the device.
     task.augment_on_device = True
     loader_set = task.build_datasets(reader, ["train"], str(cache_dir), False)["train"]
-    rates = bench_tools.loader_rates(trainer, loader_set, args.loader_workers, args.loader_batches)
+    rates = common.loader_rates(trainer, loader_set, args.loader_workers, args.loader_batches)
     per_worker = {str(w): r / w for w, r in rates.items()}
     rate = facts.get("train_images_per_s")
     facts.update(
@@ -239,14 +240,14 @@ def measure_training(trainer, train_set, args: argparse.Namespace, peak: float |
     FLOP-counting micro-step, then ``args.steps`` timed optimiser steps from one long-lived loader iterator."""
     micro, accum = trainer.micro_batch, trainer.accum_steps
     need = ((args.warmup + args.steps) * accum + 2) * micro  # + the counted micro-step and a spare
-    feed = BatchFeed(trainer.loader(bench_tools.repeated(train_set, need), train=True))
+    feed = BatchFeed(trainer.loader(common.repeated(train_set, need), train=True))
     if args.warmup:
         trainer.train_epoch(feed.take(args.warmup * accum), 1)
-    per_image = bench_tools.step_flops(trainer, next(iter(feed.take(1)))) / micro
-    _sync(trainer.device)
+    per_image = flops.step_flops(trainer, next(iter(feed.take(1)))) / micro
+    sync(trainer.device)
     start = time.perf_counter()
     stats = trainer.train_epoch(feed.take(args.steps * accum), 1)
-    _sync(trainer.device)
+    sync(trainer.device)
     elapsed = time.perf_counter() - start
     feed.iterator = None  # ends the workers
     rate = feed.images / elapsed
@@ -258,7 +259,7 @@ def measure_training(trainer, train_set, args: argparse.Namespace, peak: float |
         "loss": stats.get("train/loss"),
         "train_flops_per_image": per_image,
         "model_tflops_per_s": per_image * rate / 1e12,
-        "mfu": bench_tools.mfu(per_image, rate, peak),
+        "mfu": flops.mfu(per_image, rate, peak),
         "peak_memory_mb": torch.cuda.max_memory_allocated(trainer.device) / 2**20 if cuda else None,
     }
 
@@ -277,7 +278,7 @@ def run_case(task: str, backbone: str, args, roots, work: Path, peak) -> dict:
             cfg = compose_case(task, backbone, args, roots)
             record.update(measure_case(cfg, args, work / "decoded", Path(scratch), peak), status="ok")
     except Exception as e:
-        record["status"] = "oom" if bench_tools.is_oom(e) else "error"
+        record["status"] = "oom" if common.is_oom(e) else "error"
         record["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         if record["status"] == "oom":
             log.warning("%s / %s ran out of GPU memory: %s", task, backbone, record["error"])
@@ -289,11 +290,6 @@ def run_case(task: str, backbone: str, args, roots, work: Path, peak) -> dict:
         torch.cuda.empty_cache()
     record["elapsed_s"] = time.perf_counter() - start
     return record
-
-
-# ----------------------------------------------------------------------------------------------------- output
-def _fmt(value, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 def format_table(results: dict) -> str:
@@ -310,11 +306,11 @@ def format_table(results: dict) -> str:
         loader = c["loader_per_worker_images_per_s"]
         rows.append([
             c["task"], c["backbone"], c["input"], f"{c['micro_batch']}×{c['accum_steps']}",
-            _fmt(c["train_images_per_s"], ".1f"), _fmt(c["data_wait_fraction"], ".1%"),
-            _fmt(c["peak_memory_mb"] and c["peak_memory_mb"] / 1024, ".1f"),
-            _fmt(c["train_flops_per_image"] and c["train_flops_per_image"] / 1e9, ".1f"),
-            _fmt(c["model_tflops_per_s"], ".2f"), _fmt(c["mfu"], ".1%"),
-            " / ".join(f"{loader[w]:.0f}" for w in sorted(loader, key=int)), _fmt(c["cores_per_gpu"], ".1f"),
+            fmt(c["train_images_per_s"], ".1f"), fmt(c["data_wait_fraction"], ".1%"),
+            fmt(c["peak_memory_mb"] and c["peak_memory_mb"] / 1024, ".1f"),
+            fmt(c["train_flops_per_image"] and c["train_flops_per_image"] / 1e9, ".1f"),
+            fmt(c["model_tflops_per_s"], ".2f"), fmt(c["mfu"], ".1%"),
+            " / ".join(f"{loader[w]:.0f}" for w in sorted(loader, key=int)), fmt(c["cores_per_gpu"], ".1f"),
         ])  # fmt: skip
     headers = [
         "task", "backbone", "input", "micro×accum", "train img/s", "data wait", "peak GB", "GFLOP/img",
@@ -348,8 +344,8 @@ def run(args: argparse.Namespace) -> dict:
         / "bench"
         / f"gpu-suite{'-tiny' if args.tiny else ''}.json"
     )
-    roots = bench_tools.write_data(work, {DATA_OF[DATASETS[t]] for t in args.tasks}, args.tiny)
-    peak, source = bench_tools.peak_tflops(device, args.peak_tflops)
+    roots = bench_data.write_data(work, {DATA_OF[DATASETS[t]] for t in args.tasks}, args.tiny)
+    peak, source = flops.peak_tflops(device, args.peak_tflops)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "work_dir")}
     results = {"suite": "study", "tiny": args.tiny, "machine": machine_info(device), "peak_tflops": peak,
                "peak_source": source, "settings": settings, "cases": [], "out": str(out)}  # fmt: skip
@@ -363,7 +359,7 @@ def run(args: argparse.Namespace) -> dict:
                 }
             else:
                 record = run_case(task, backbone, args, roots, work, peak)
-            results["cases"].append(_rounded(record))
+            results["cases"].append(rounded(record))
             results["elapsed_s"] = round(time.perf_counter() - start, 1)
             # the machine is shared with whatever else runs: the load at each case's end goes with the numbers
             results["machine"]["load_avg_end"] = round(os.getloadavg()[0], 2)
@@ -390,11 +386,11 @@ def device_augment_rate(task, dataset, device: torch.device, batch_size: int, ba
     for b in range(batches + 1):
         batch = collate([dataset[(b * batch_size + j) % len(dataset)] for j in range(batch_size)])
         batch = to_device(batch, device)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         with torch.autocast(device.type, enabled=False):
             task.augment_batch(batch)
-        _sync(device)
+        sync(device)
         if b:
             seconds += time.perf_counter() - start
             count += len(batch["meta"])
@@ -412,10 +408,8 @@ def loader_records(
         task.augment_on_device = mode == "device"
         sets[mode] = task.build_datasets(reader, ["train"], str(cache_dir), False)["train"]
     workers = args.loader_workers[0]
-    rates = bench_tools.dataset_rates(
-        sets, workers, trainer.micro_batch, args.loader_batches, args.loader_rounds
-    )
-    decode_size = None if task.name == "detection" else int(task.input_size)
+    rates = common.dataset_rates(sets, workers, trainer.micro_batch, args.loader_batches, args.loader_rounds)
+    decode_size = None if task.input_size is None else int(task.input_size)  # None: decoded at native size
     records = []
     for mode, per_round in rates.items():
         task.augment_on_device = mode == "device"
@@ -428,7 +422,7 @@ def loader_records(
                 "backbone": cfg.backbone.name,
                 "mode": mode,
                 "decode_size": decode_size,
-                "frames_per_s_per_worker": bench_tools.median(per_round),
+                "frames_per_s_per_worker": common.median(per_round),
                 "rounds_frames_per_s_per_worker": per_round,
                 "device_frames_per_s": on_device,
                 "device": str(trainer.device) if mode == "device" else None,
@@ -453,7 +447,7 @@ def run_loader(args: argparse.Namespace) -> dict:
     out = Path(
         args.json or Path(os.environ.get("SSL4GIE_OUTPUT_DIR", "outputs")) / "bench" / "gpu-loader.json"
     )
-    roots = bench_tools.write_data(work, {DATA_OF[DATASETS[t]] for t in args.tasks}, args.tiny)
+    roots = bench_data.write_data(work, {DATA_OF[DATASETS[t]] for t in args.tasks}, args.tiny)
     machine = machine_info(device)
     records: list[dict] = []
     for task in args.tasks:
@@ -463,9 +457,9 @@ def run_loader(args: argparse.Namespace) -> dict:
                 cfg = compose_case(task, backbone, args, roots)
                 records += loader_records(cfg, args, work / "decoded", Path(scratch), machine)
             machine["load_avg_end"] = round(os.getloadavg()[0], 2)
-            write_json(out, [_rounded(r) for r in records])
+            write_json(out, [rounded(r) for r in records])
     return {
-        "records": [_rounded(r) for r in records],
+        "records": [rounded(r) for r in records],
         "out": str(out),
         "elapsed_s": time.perf_counter() - start,
     }
@@ -480,10 +474,10 @@ def format_loader_table(results: dict) -> str:
     }
     rows = [
         [
-            r["task"], r["backbone"], r["mode"], r["decode_size"] or "full", _fmt(r["frames_per_s_per_worker"], ".1f"),
+            r["task"], r["backbone"], r["mode"], r["decode_size"] or "full", fmt(r["frames_per_s_per_worker"], ".1f"),
             " / ".join(f"{v:.1f}" for v in r["rounds_frames_per_s_per_worker"]),
             f"{r['frames_per_s_per_worker'] / worker[r['task'], r['backbone']]:.1f}×",
-            _fmt(r["device_frames_per_s"], ".1f"),
+            fmt(r["device_frames_per_s"], ".1f"),
         ]
         for r in records
     ]  # fmt: skip
@@ -495,24 +489,14 @@ def format_loader_table(results: dict) -> str:
     return "\n".join([head, tabulate(rows, headers=headers, disable_numparse=True), f"→ {results['out']}"])
 
 
-def _rounded(value):
-    if isinstance(value, float):
-        return float(f"{value:.4g}") if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status: 0, or 1 when a case failed other than by OOM (a user
     error exits with status 2)."""
     args = parse_args(argv)
     if args.loader:
-        bench.run_command(args, run_loader, format_loader_table)
+        common.run_command(args, run_loader, format_loader_table)
         return 0
-    results = bench.run_command(args, run, format_table)
+    results = common.run_command(args, run, format_table)
     return 1 if any(c["status"] == "error" for c in results["cases"]) else 0
 
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import math
 import os
 import resource
 import shutil
@@ -55,9 +54,17 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ssl4gie.bench import finetune as bench
-from ssl4gie.bench import tools as bench_tools
-from ssl4gie.bench.finetune import BatchFeed, build_trainer, compose_real, machine_info, train_throughput
+from ssl4gie.bench import common, flops
+from ssl4gie.bench.common import (
+    BatchFeed,
+    build_trainer,
+    compose,
+    fmt,
+    machine_info,
+    rounded,
+    sync,
+    train_throughput,
+)
 from ssl4gie.errors import ConfigError
 from ssl4gie.run.checks import validate
 from ssl4gie.utils.conf import group_options, instantiate_checked
@@ -68,9 +75,8 @@ SYNTHETIC_SIZE_RANGE = (576, 1280)  # like the HyperKvasir unlabelled frames (72
 
 
 def ssl_pairs() -> list[tuple[str, str]]:
-    """Every (ssl, backbone) pair with a recipe in ``conf/ssl/`` (its ``backbones`` list), MoCo v3 first."""
-    pairs = [(s, b) for s, opt in group_options("ssl").items() for b in opt.get("backbones", [])]
-    return sorted(pairs, key=lambda p: (p[0] != "mocov3", p))
+    """Every (ssl, backbone) pair with a recipe in ``conf/ssl/`` (its ``backbones`` list), in the files' order."""
+    return [(s, b) for s, opt in group_options("ssl").items() for b in opt.get("backbones", [])]
 
 
 #: Every key of a pair's record in the JSON (None where not measured: CUDA memory and MFU on a CPU, a failure).
@@ -198,7 +204,7 @@ def compose_pair(ssl: str, backbone: str, args: argparse.Namespace) -> DictConfi
         *([f"task.input_size={args.input_size}"] if args.input_size else []),
         *args.overrides,
     ]
-    cfg = compose_real(overrides, f"ssl={ssl} backbone={backbone}")
+    cfg = compose(overrides, f"ssl={ssl} backbone={backbone}")
     with open_dict(cfg):
         cfg.dataset.root, cfg.dataset.synthetic = data_root(args, cfg), None
         if "expected_count" in cfg.dataset:
@@ -235,7 +241,7 @@ def write_frames(args: argparse.Namespace, cfg: DictConfig) -> float | None:
 
 
 class FrameFeed(BatchFeed):
-    """:class:`~ssl4gie.bench.BatchFeed` for pretraining batches, which carry ``view1``/``view2`` (two-view
+    """:class:`~ssl4gie.common.BatchFeed` for pretraining batches, which carry ``view1``/``view2`` (two-view
     methods) or ``image`` (MAE): it counts frames by the batch's ``meta`` list, so both count alike."""
 
     @staticmethod
@@ -311,7 +317,7 @@ def measure_pair(cfg: DictConfig, args: argparse.Namespace, cache_dir: Path, scr
     # fit() sets this (a run's epoch length); MoCo v3's momentum schedule reads it at every step
     trainer.steps_per_epoch = max(1, len(train_set) // micro)
     need = (args.warmup + args.steps + 2) * micro  # + the FLOP-counted step and a spare
-    feed = FrameFeed(trainer.loader(bench_tools.repeated(train_set, need), train=True), keep=True)
+    feed = FrameFeed(trainer.loader(common.repeated(train_set, need), train=True), keep=True)
     log.info(
         "training: %d warm-up + %d timed steps of %d frames with the loader", args.warmup, args.steps, micro
     )
@@ -321,15 +327,15 @@ def measure_pair(cfg: DictConfig, args: argparse.Namespace, cache_dir: Path, scr
     feed.iterator = None  # ends the workers
     preloaded = FrameFeed(feed.kept[args.warmup : args.warmup + args.steps])
     preloaded_rate, _ = train_throughput(trainer, preloaded, args.steps, warmup=0)
-    flops = bench_tools.step_flops(trainer, flop_batch) / len(flop_batch["meta"])
+    flops_per_image = flops.step_flops(trainer, flop_batch) / len(flop_batch["meta"])
     cuda = trainer.device.type == "cuda"
     facts.update(
         train_images_per_s=rate,
         train_images_per_s_preloaded=preloaded_rate,
         data_wait_fraction=min(max(wait, 0.0), 1.0),
         step_time_s=elapsed / args.steps,
-        train_flops_per_image=flops,
-        mfu=bench_tools.mfu(flops, preloaded_rate, peak),
+        train_flops_per_image=flops_per_image,
+        mfu=flops.mfu(flops_per_image, preloaded_rate, peak),
         workers_per_device=preloaded_rate / facts["loader_cache_per_worker"],
         peak_cuda_mb=torch.cuda.max_memory_allocated(trainer.device) / 2**20 if cuda else None,
     )
@@ -358,7 +364,7 @@ def run_pair(ssl: str, backbone: str, args: argparse.Namespace, cache_dir: Path,
     except ConfigError:
         raise  # the user's settings: every pair would fail alike
     except Exception as e:
-        record["status"] = "oom" if bench_tools.is_oom(e) else "error"
+        record["status"] = "oom" if common.is_oom(e) else "error"
         text = str(e).strip()
         record["error"] = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
         if record["status"] == "oom":
@@ -386,7 +392,7 @@ def run(args: argparse.Namespace) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     data_write_s = write_frames(args, first)
     device = resolve_device(args.device)
-    peak, peak_source = bench_tools.peak_tflops(device, args.peak_tflops)
+    peak, peak_source = flops.peak_tflops(device, args.peak_tflops)
     tiny = "-tiny" if args.tiny else ""
     size = int(first.task.input_size)
     name = "all" if args.all else f"{args.ssl}-{args.backbone}"
@@ -439,14 +445,14 @@ def run(args: argparse.Namespace) -> dict:
                 record = {**_empty(ssl, backbone), "status": "skipped", "error": "--max-minutes reached"}
             else:
                 record = run_pair(ssl, backbone, args, scratch / "decoded", work, peak)
-            results["pairs"].append(_rounded(record))
+            results["pairs"].append(rounded(record))
             results["elapsed_s"] = round(time.perf_counter() - start, 1)
             # the machine is shared with whatever else runs: the load at each pair's end goes with the numbers
             results["machine"]["load_avg_end"] = round(os.getloadavg()[0], 2)
-            write_json(out, _rounded(results))
+            write_json(out, rounded(results))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    results = _rounded(results)
+    results = rounded(results)
     results["out"] = str(out)
     return results
 
@@ -472,7 +478,6 @@ def loader_modes(decode_size: int) -> tuple[tuple[str, int | None], ...]:
 def device_rate(dataset, views, device: torch.device, batch_size: int, batches: int) -> float:
     """Frames/s of :meth:`DeviceViews.apply` on ``device`` (decode + augmentation of ``batches`` batches already
     collated, after one untimed batch)."""
-    from ssl4gie.bench.finetune import _sync
     from ssl4gie.data.collate import collate
     from ssl4gie.engine.trainer import to_device
 
@@ -482,10 +487,10 @@ def device_rate(dataset, views, device: torch.device, batch_size: int, batches: 
         prepared.append(to_device(batch, device))
     count, seconds = 0, 0.0
     for b, batch in enumerate(prepared):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         views.apply(batch["frame"], batch["crops"], batch["params"])
-        _sync(device)
+        sync(device)
         if b:  # the first batch warms up (kernels, allocator)
             seconds += time.perf_counter() - start
             count += len(batch["meta"])
@@ -494,7 +499,6 @@ def device_rate(dataset, views, device: torch.device, batch_size: int, batches: 
 
 def run_loader(args: argparse.Namespace) -> dict:
     """``--loader``: the records of every selected pair (also written to ``--json``)."""
-    from ssl4gie.bench import tools
     from ssl4gie.data.device_views import DeviceViews
     from ssl4gie.data.ssl_transforms import worker_views
     from ssl4gie.data.unlabelled import DEFAULT_DECODE_SIZE, PretrainImages
@@ -533,7 +537,7 @@ def run_loader(args: argparse.Namespace) -> dict:
                 len(datasets),
                 args.loader_rounds,
             )
-            rates = tools.dataset_rates(
+            rates = common.dataset_rates(
                 datasets, args.loader_workers, args.loader_batch, args.loader_batches, args.loader_rounds
             )
             for (mode, size), per_round in rates.items():
@@ -547,7 +551,7 @@ def run_loader(args: argparse.Namespace) -> dict:
                         "backbone": backbone,
                         "mode": mode,
                         "decode_size": size,
-                        "frames_per_s_per_worker": tools.median(per_round),
+                        "frames_per_s_per_worker": common.median(per_round),
                         "rounds_frames_per_s_per_worker": per_round,
                         "device_frames_per_s": on_device,
                         "device": str(device) if mode == "device" else None,
@@ -559,10 +563,10 @@ def run_loader(args: argparse.Namespace) -> dict:
                     }
                 )
             machine["load_avg_end"] = round(os.getloadavg()[0], 2)
-            write_json(out, _rounded(records))
+            write_json(out, rounded(records))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"records": _rounded(records), "out": str(out), "elapsed_s": round(time.perf_counter() - start, 1)}
+    return {"records": rounded(records), "out": str(out), "elapsed_s": round(time.perf_counter() - start, 1)}
 
 
 def format_loader_table(results: dict) -> str:
@@ -578,10 +582,10 @@ def format_loader_table(results: dict) -> str:
     rows = [
         [
             r["method"], r["backbone"], r["mode"], r["decode_size"] or "full",
-            _fmt(r["frames_per_s_per_worker"], ".1f"),
+            fmt(r["frames_per_s_per_worker"], ".1f"),
             " / ".join(f"{v:.1f}" for v in r["rounds_frames_per_s_per_worker"]),
-            _fmt(r["frames_per_s_per_worker"] / baseline[r["method"], r["backbone"]], ".1f") + "×",
-            _fmt(r["device_frames_per_s"], ".1f"),
+            fmt(r["frames_per_s_per_worker"] / baseline[r["method"], r["backbone"]], ".1f") + "×",
+            fmt(r["device_frames_per_s"], ".1f"),
         ]
         for r in records
     ]  # fmt: skip
@@ -596,20 +600,6 @@ def format_loader_table(results: dict) -> str:
         f"{records[0]['batch_size'] if records else '?'} — {where}, load {m.get('load_avg_start')}→{m.get('load_avg_end')}"
     )
     return "\n".join([head, tabulate(rows, headers=headers, disable_numparse=True), f"→ {results['out']}"])
-
-
-def _rounded(value):
-    if isinstance(value, float):
-        return float(f"{value:.4g}") if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
-
-
-def _fmt(value, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 #: The table's columns: (header, key of a pair, format; ``/1024`` in the header: shown in GB).
@@ -641,7 +631,7 @@ def format_table(results: dict) -> str:
         cells = []
         for _, key, spec in COLUMNS:
             value = c[key]
-            cells.append(_fmt(value * _SCALE[key] if value is not None and key in _SCALE else value, spec))
+            cells.append(fmt(value * _SCALE[key] if value is not None and key in _SCALE else value, spec))
         rows.append([c["ssl"], c["backbone"], c["views"], *cells])
     s, m = results["settings"], results["machine"]
     where = m["gpu"] or f"{m['cpu_model']}, {m['cpus_available']} cores"
@@ -649,7 +639,7 @@ def format_table(results: dict) -> str:
         f"pretraining{' (tiny)' if s['tiny'] else ''}: {s['input_size']}² views, batch {s['batch_size']}, "
         f"{s['steps']} steps, {s['workers']} workers (loader rates: {s['loader_workers']}), {s['device']} "
         f"{s['precision']}{', compiled' if s['compile'] else ''}; {s['frames']} frames, decoded cache built in "
-        f"{_fmt(results['cache_build_s'], '.1f')} s — {where}, load {m['load_avg_start']}→{m.get('load_avg_end')}"
+        f"{fmt(results['cache_build_s'], '.1f')} s — {where}, load {m['load_avg_start']}→{m.get('load_avg_end')}"
     )
     headers = ["ssl", "backbone", "views", *(h for h, _, _ in COLUMNS)]
     note = "img = frame (a two-view method pushes 2 views of each through the model)"
@@ -663,9 +653,9 @@ def main(argv: list[str] | None = None) -> int:
     error exits with status 2)."""
     args = parse_args(argv)
     if args.loader:
-        bench.run_command(args, run_loader, format_loader_table)
+        common.run_command(args, run_loader, format_loader_table)
         return 0
-    results = bench.run_command(args, run, format_table)
+    results = common.run_command(args, run, format_table)
     return 1 if any(c["status"] == "error" for c in results["pairs"]) else 0
 
 

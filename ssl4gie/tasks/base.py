@@ -140,6 +140,10 @@ class Task(ABC):
         """Anything besides the weights that eval/predict need from a checkpoint (e.g. class names)."""
         return {}
 
+    def input_label(self) -> str:
+        """What the network sees, for tables (call after :meth:`build_model`): ``224²`` by default."""
+        return f"{self.input_size}²"
+
     def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """The ``(name, parameter)`` pairs the optimiser updates: every parameter that requires a gradient."""
         return [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -222,6 +222,10 @@ class DetectionTask(Task):
             **self.head,
         )
 
+    def input_label(self) -> str:
+        """The ViT's canvas, or the ResNet's short side / longest side."""
+        return f"canvas {self.canvas}²" if self.canvas is not None else f"{self.min_size}/{self.max_size}"
+
     def structure(self) -> dict:
         return {"detector": dict(self._structure)}
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import SMALL_DECODERS, compose_config, task_overrides
 
+from ssl4gie.bench import common, flops
 from ssl4gie.bench import finetune as bench
 from ssl4gie.bench import gpu as bench_gpu
-from ssl4gie.bench import tools as bench_tools
 
 TINY_BENCH = [
     "--tiny",
@@ -134,19 +134,14 @@ def test_gpu_suite_tiny_on_cpu_reports_every_case(tmp_path, capsys):
 
 def test_gpu_suite_pieces():
     cpu = torch.device("cpu")
-    assert bench_tools.peak_tflops(cpu, 100.0) == (None, None)  # MFU is n/a on a CPU
-    assert bench_tools.mfu(None, 10.0, 989.0) is None
-    assert bench_tools.mfu(24.5e9, 1000.0, 989.0) == pytest.approx(24.5e12 / 989e12)
-    assert (
-        dict(bench_tools.BF16_PEAK_TFLOPS)["H200"] == 989.0
-        and dict(bench_tools.BF16_PEAK_TFLOPS)["A100"] == 312.0
-    )
-    assert bench_tools.is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
-    assert bench_tools.is_oom(
-        RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate")
-    )
-    assert not bench_tools.is_oom(RuntimeError("shape mismatch"))
-    assert len(bench_tools.repeated(list(range(3)), 7)) == 7
+    assert flops.peak_tflops(cpu, 100.0) == (None, None)  # MFU is n/a on a CPU
+    assert flops.mfu(None, 10.0, 989.0) is None
+    assert flops.mfu(24.5e9, 1000.0, 989.0) == pytest.approx(24.5e12 / 989e12)
+    assert dict(flops.BF16_PEAK_TFLOPS)["H200"] == 989.0 and dict(flops.BF16_PEAK_TFLOPS)["A100"] == 312.0
+    assert common.is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert common.is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    assert not common.is_oom(RuntimeError("shape mismatch"))
+    assert len(common.repeated(list(range(3)), 7)) == 7
     with pytest.raises(SystemExit):
         bench_gpu.parse_args(["--tasks", "segmentation,pose"])
     args = bench_gpu.parse_args(["--loader-workers", "2,1"])
@@ -167,7 +162,7 @@ def test_step_flops_count_forward_and_backward(tmp_path, tmp_paths):
     trainer = Trainer(cfg.trainer, task, model, tmp_path / "run", cfg.seed, "fp", {})
     data = task.build_datasets(instantiate_checked(cfg.dataset), ["train"], None, False)["train"]
     batch = next(iter(trainer.loader(data, train=True)))
-    step = bench_tools.step_flops(trainer, batch)
+    step = flops.step_flops(trainer, batch)
     with FlopCounterMode(display=False) as forward, torch.no_grad():
         trainer.model(batch["image"])
     assert 2.0 < step / forward.get_total_flops() <= 3.0
