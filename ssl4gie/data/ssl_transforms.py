@@ -1,4 +1,5 @@
-"""Views for self-supervised pretraining (SPEC_PRETRAIN §1.1–1.3), built in the loader workers.
+"""Views for self-supervised pretraining (the recipes of MoCo v3's ``main_moco.py``, Barlow Twins' ``main.py``
+and MAE's ``main_pretrain.py``), built in the loader workers.
 
 Every view object maps one RGB frame — a uint8 3×H×W tensor (the valid region of a cached frame) or a PIL
 image (a frame decoded at full size) — to the tensors of one sample, under fixed keys, and draws its random
@@ -170,7 +171,7 @@ def byol_views(
     size: int = 224,
     flip_first: bool = False,
 ) -> TwoViews:
-    """The asymmetric two-view recipe (SPEC_PRETRAIN §1.1, §1.2), per view:
+    """The asymmetric two-view recipe (MoCo v3's ``main_moco.py``, Barlow Twins' ``main.py``), per view:
 
     RandomResizedCrop(size, scale=(crop_min, 1), ratio=(3/4, 4/3), ``interpolation``) → ColorJitter(0.4, 0.4,
     0.2, 0.1) with p 0.8 → RandomGrayscale p 0.2 → PIL Gaussian blur σ ~ U[0.1, 2] with p ``blur_p[view]`` →
@@ -190,8 +191,8 @@ def byol_views(
 def mae_view(
     size: int = 224, crop_scale: Sequence[float] = (0.2, 1.0), interpolation: str = "bicubic"
 ) -> OneView:
-    """MAE's pretraining view (SPEC_PRETRAIN §1.3): RandomResizedCrop(size, scale=crop_scale, ratio=(3/4, 4/3),
-    bicubic) → horizontal flip p 0.5 → ImageNet normalisation."""
+    """MAE's pretraining view (``main_pretrain.py``): RandomResizedCrop(size, scale=crop_scale,
+    ratio=(3/4, 4/3), bicubic) → horizontal flip p 0.5 → ImageNet normalisation."""
     low, high = (float(s) for s in crop_scale)
     crop = _crop(size, (low, high), _mode(interpolation))
     return OneView(v2.Compose([to_pil, crop, v2.RandomHorizontalFlip(0.5), v2.PILToTensor()]))

@@ -298,7 +298,8 @@ class PretrainTask(Task):
 
     def features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """The backbone feature the probe and the monitors read: ResNet global pool, MoCo v3 ViT's CLS token after
-        the final norm, MAE's mean patch token (its CLS is weak for kNN by design, SPEC_PRETRAIN 4)."""
+        the final norm, MAE's mean patch token (its CLS is weak for kNN by design: MAE's
+        ``models_mae.py`` trains only patch reconstructions)."""
         if isinstance(model, MaskedAutoencoder):
             return mean_patch_features(model.encoder, images)
         return model.encoder(images)

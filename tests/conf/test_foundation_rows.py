@@ -1,5 +1,6 @@
-"""Issue 12's pretraining rows, row files and sweeps: each row is complete data (backbones, file names, sources,
-licence, code, pretraining-set facts), its row file composes to a valid run, and the sweeps expand to valid cells."""
+"""The GI foundation pretraining rows, row files and sweeps: each row is complete data (backbones, file names,
+sources, licence, code, pretraining-set facts), its row file composes to a valid run, and the sweeps expand to
+valid cells."""
 
 from __future__ import annotations
 
