@@ -202,6 +202,7 @@ def test_moco_loss_at_initialisation_is_near_4_tau_ln_n():
 # -------------------------------------------------------------------------------------------------- overfitting
 
 
+@pytest.mark.slow
 def test_moco_overfits_a_fixed_batch():
     torch.manual_seed(0)
     n, steps = 16, 30
@@ -221,6 +222,7 @@ def test_moco_overfits_a_fixed_batch():
     assert last["embedding_std"] > 0.2 / math.sqrt(32)  # not collapsed
 
 
+@pytest.mark.slow
 def test_barlow_twins_overfits_a_fixed_batch():
     torch.manual_seed(0)
     steps = 30

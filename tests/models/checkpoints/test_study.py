@@ -337,6 +337,7 @@ def test_study_resnet_segmentation_file_equals_smp_deeplabv3plus(tmp_paths, tmp_
 
 
 # --------------------------------------------------------------------------------- ResNet-50-FPN Faster R-CNN
+@pytest.mark.slow
 def test_study_resnet_detector_file_equals_torchvisions_model(tmp_paths, tmp_path, caplog):
     """Their torchvision 0.10 Faster R-CNN (version-1 FPN / RPN names, FrozenBatchNorm) against torchvision's own
     model built as the study built it, which upgrades the version-1 names itself."""
