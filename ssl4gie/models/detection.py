@@ -1,4 +1,4 @@
-"""Faster R-CNN detectors (torchvision) on timm encoders, as the study's ``Object_detection/`` scripts use.
+"""Faster R-CNN detectors (torchvision) on timm encoders, as in the study's ``Object_detection/`` scripts.
 
 * :func:`resnet_fpn_detector` — a timm ResNet wrapped by torchvision's ``BackboneWithFPN`` (layer1..4, 256 channels,
   LastLevelMaxPool), i.e. torchvision's ResNet-50-FPN Faster R-CNN with our encoder inside.

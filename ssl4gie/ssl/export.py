@@ -1,5 +1,5 @@
-"""Pretrained backbones written in the formats the finetuning grid reads (those of the official MoCo v3,
-Barlow Twins and MAE releases, which the study's ``utils.py`` loads).
+"""Pretrained backbones written in the formats the finetuning grid reads (those the study's ``utils.py`` and
+``Models/models.py`` load).
 
 * ResNet-50 (MoCo v3, Barlow Twins): a plain torchvision state dict, no ``fc.*``, no prefix -- the form of
   Barlow Twins' released ``resnet50.pth`` (timm's ResNet key names are torchvision's).
