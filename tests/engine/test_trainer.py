@@ -10,8 +10,8 @@ What holds, and where:
   running statistics are updated once per micro-batch, so the accumulated step is *not* the whole-batch step (checked
   below); the trainer says so in its log ("BatchNorm normalises over N images per forward pass"). The same holds for
   a loss that normalises by a batch sum: a class-weighted cross-entropy divides by the micro-batch's Σ w_y, the SSI
-  depth loss by its valid-pixel count; tasks whose loss couples a batch's images refuse accumulation
-  (``Task.exact_accumulation``).
+  depth loss by its valid-pixel count. Pretraining methods whose loss couples a batch's images (MoCo v3's
+  negatives, Barlow Twins' cross-correlation) refuse accumulation (``Task.exact_accumulation``).
 """
 
 from __future__ import annotations
