@@ -1,14 +1,16 @@
 """C3VD (monocular depth): the reader of the on-disk layout, the split by video, and the torch Dataset.
 
-Layouts accepted (SPEC 3.4, 11.10): the study's early release ``<root>/<sequence>_under_review/<code>/``, the
-later Google Drive release, one folder per video such as ``<root>/cecum_t1_a/`` (with or without ``_under_review``),
-and the Dataverse release's names (``<root>/c1_cecum_t1_v1/``, video code ``c1v1``). Frame names are zero-padded
-(``0005_color.png``, since May 2023) or not (``5_color.png``). A video folder is any folder at depth 1 or 2 under the
-root that holds ``NNNN_color.png`` frames; it is identified by its sequence name or video code through the split
-table ``c3vd_splits.yaml`` (data, not code); names are matched by :func:`ssl4gie.data.layouts.c3vd_video_keys`. A folder the
-table does not know is reported and left out (``dataset.unknown_videos: skip``) or is an error (``error``); it is
-never put into training. Depth files are 16-bit TIFFs: 0..65535 encodes 0..``max_depth_mm`` (100 mm), 0 = no depth.
-One constant, 65535, turns them into [0, 1] everywhere (training, validation, test; the study used 65536 at test).
+Layouts accepted: the study's early release ``<root>/<sequence>_under_review/<code>/`` (the folders its
+``Depth_estimation/train_depth.py`` names), the later Google Drive release, one folder per video such as
+``<root>/cecum_t1_a/`` (with or without ``_under_review``), and the Dataverse release's names
+(``<root>/c1_cecum_t1_v1/``, video code ``c1v1``). Frame names are zero-padded (``0005_color.png``, since May
+2023) or not (``5_color.png``). A video folder is any folder at depth 1 or 2 under the root that holds
+``NNNN_color.png`` frames; it is identified by its sequence name or video code through the split table
+``c3vd_splits.yaml`` (data, not code); names are matched by :func:`ssl4gie.data.layouts.c3vd_video_keys`. A
+folder the table does not know is reported and left out (``dataset.unknown_videos: skip``) or is an error
+(``error``); it is never put into training. Depth files are 16-bit TIFFs: 0..65535 encodes 0..``max_depth_mm``
+(100 mm), 0 = no depth. One constant, 65535, turns them into [0, 1] everywhere (training, validation, test;
+the study used 65536 at test, in ``Depth_estimation/Data/dataset.py``).
 """
 
 from __future__ import annotations
@@ -99,7 +101,8 @@ def load_split_table(split: str) -> list[VideoEntry]:
 
 @dataclass(frozen=True)
 class PadGeometry:
-    """Where a W×H frame sits in its black square canvas (SPEC 3.4): side max(W, H), offset int((S − W)/2)."""
+    """Where a W×H frame sits in its black square canvas (the study's
+    ``make_square`` in ``Depth_estimation/Data/dataset.py``): side max(W, H), offset int((S − W)/2)."""
 
     width: int
     height: int
@@ -129,7 +132,8 @@ class PadGeometry:
         return square[..., self.top : self.top + self.height, self.left : self.left + self.width]
 
     def to_native(self, square: torch.Tensor) -> torch.Tensor:
-        """A network-resolution map (…×s×s) resized to the canvas side (bilinear, as SPEC 6.4), cropped to H×W."""
+        """A network-resolution map (…×s×s) resized to the canvas side (bilinear, as the study's
+        ``eval_depth.py``), cropped to H×W."""
         lead = square.shape[:-2]
         flat = square.reshape(-1, 1, *square.shape[-2:]).float()
         big = F.interpolate(flat, size=(self.side, self.side), mode="bilinear", align_corners=False)
@@ -314,7 +318,8 @@ class C3VD(Reader):
 
 
 class DepthTrainTransform:
-    """SPEC 3.4: ColorJitter(0.4, 0.5, 0.25, 0.01) on the image (no blur), normalise, joint h/v flips (p = 0.5)."""
+    """The study's depth augmentation (``Depth_estimation/Data/dataloaders.py``): ColorJitter(0.4, 0.5, 0.25,
+    0.01) on the image (no blur), normalise, joint h/v flips (p = 0.5)."""
 
     def __init__(self) -> None:
         self.photometric = photometric(blur=False)
@@ -332,7 +337,8 @@ class C3VDDataset(Dataset):
 
     ``image``: float 3×S×S, ImageNet-normalised (uint8, not augmented yet, with ``device_augment``); ``target``: float 1×S×S depth / 65535 in [0, 1], 0 = invalid or
     padding; ``target_native``: float H×W depth / 65535 at the file's resolution, and ``meta["geometry"]`` the
-    frame's :class:`PadGeometry`, to score predictions at native resolution (SPEC 6.4).
+    frame's :class:`PadGeometry`, to score predictions at native resolution (as the study's
+    ``eval_depth.py``).
     """
 
     def __init__(

@@ -1,5 +1,6 @@
 """Polyp detection on Kvasir-SEG boxes: the reader of the published layout, the study's box augmentation, the
-square canvas of the ViT detector, and the torch Dataset (SPEC 3.2).
+square canvas of the ViT detector, and the torch Dataset (as the study's
+``Object_detection/Data/dataset.py``).
 
 Box coordinates are pixel *edges* (torchvision's xyxy): a box covering columns 10..19 has ``xmin=10, xmax=20``,
 so a valid box satisfies ``0 <= xmin < xmax <= width`` (same for y). Images are decoded per item: their native
@@ -203,8 +204,9 @@ def rot90(
 ) -> tuple[torch.Tensor, tv_tensors.BoundingBoxes]:
     """Rotate 90° counter-clockwise (``torch.rot90`` from the H axis towards the W axis), boxes following.
 
-    With the pre-rotation width W (SPEC 3.2): xmin' = ymin, xmax' = ymax, ymin' = W − xmax, ymax' = W − xmin.
-    torchvision.transforms.v2 has no exact rot90 (``rotate(expand=True)`` resamples), hence this function.
+    With the pre-rotation width W, as the study's ``Object_detection/Data/dataset.py``:
+    xmin' = ymin, xmax' = ymax, ymin' = W − xmax, ymax' = W − xmin. torchvision.transforms.v2 has no exact
+    rot90 (``rotate(expand=True)`` resamples), hence this function.
     """
     out = tv_tensors.wrap(torch.rot90(image.as_subclass(torch.Tensor), 1, dims=(-2, -1)), like=image)
     return out, rot90_boxes(boxes)
@@ -223,9 +225,10 @@ def move_boxes(boxes: tv_tensors.BoundingBoxes, geometry: Sequence[bool]) -> tv_
 
 
 class DetectionTrainTransform:
-    """SPEC 3.2: ColorJitter + GaussianBlur(25) on the image, then each with p = 0.5 and in this order:
-    rot90 counter-clockwise, horizontal flip, vertical flip (boxes follow). Randomness from torch's generator;
-    ``p`` is the probability of each geometric step (0.5 in the study)."""
+    """The study's detection augmentation (``Object_detection/Data/``): ColorJitter + GaussianBlur(25) on the
+    image, then each with p = 0.5 and in this order: rot90 counter-clockwise, horizontal flip, vertical flip
+    (boxes follow). Randomness from torch's generator; ``p`` is the probability of each geometric step (0.5 in
+    the study)."""
 
     def __init__(self, p: float = 0.5) -> None:
         self.photometric = photometric(blur=True)
@@ -315,9 +318,10 @@ def to_canvas(
     """Place the image on a ``size``×``size`` zero canvas, centred, shrinking it first if a side exceeds ``size``.
 
     ``rule="fit"`` scales down just enough to fit (bicubic, antialiased), so a 1920×1072 image becomes 1024×572.
-    ``rule="study"`` is the study's step (SPEC 3.2): an image with a side > ``size`` gets one zero row at the bottom
-    if its height is odd and one zero column at the right if its width is odd, then is halved (bicubic,
-    antialiased; 1920×1072 becomes 960×536), boxes halved; an image still too large after that is an error. Returns
+    ``rule="study"`` is the study's step (``Object_detection/Data/dataset.py``): an image with a side >
+    ``size`` gets one zero row at the bottom if its height is odd and one zero column at the right if its
+    width is odd, then is halved (bicubic, antialiased; 1920×1072 becomes 960×536), boxes halved; an image
+    still too large after that is an error. Returns
     the mapping ``{"scale": (sx, sy), "offset": (left, top)}``: canvas = original · scale + offset (see
     :func:`from_canvas`).
     """

@@ -1,7 +1,8 @@
 """HyperKvasir labelled images (anatomical landmarks, pathological findings): reader and torch Dataset.
 
-Layout (SPEC 3.1): ``<root>/labeled-images/<tract>/<category>/<class>/*.jpg``. The class list, the class ids
-and the image order are the study's, because the split indices (SPEC 2.3) refer to positions in that order:
+Layout: ``<root>/labeled-images/<tract>/<category>/<class>/*.jpg``. The class list, the class ids and the
+image order are the study's (``Classification/train_classification.py``), because the split indices
+(``split_ids`` in its ``Data/dataloaders.py``) refer to positions in that order:
 
 * tracts, then the category folder inside each tract, then class folders, each sorted as the study sorts them:
   plain string order of the folder paths *ending with "/"*, so ``barretts-short-segment/`` comes before
@@ -52,7 +53,8 @@ OFFICIAL_SOURCE = "https://github.com/simula/hyper-kvasir/tree/master/official_s
 
 
 def study_order(names: Iterable[str]) -> list[str]:
-    """Folder names in the study's order: string order of the names with a trailing "/" (SPEC 3.1)."""
+    """Folder names in the study's order: string order of the names with a trailing "/" (the
+    study sorts ``glob`` paths that end with "/")."""
     return sorted(names, key=lambda name: name + "/")
 
 
@@ -338,12 +340,14 @@ def write_synthetic(
 
 
 def decode(path: Path, size: int) -> np.ndarray:
-    """S×S×3 uint8 RGB, resized as the study: bicubic, aspect ratio ignored (SPEC 3.1)."""
+    """S×S×3 uint8 RGB, resized as the study: bicubic, aspect ratio ignored
+    (``Classification/Data/dataset.py``)."""
     return np.asarray(open_image(path, "RGB").resize((size, size), Image.Resampling.BICUBIC))
 
 
 class ClassificationTrainTransform:
-    """SPEC 3.1: colour jitter → blur → horizontal/vertical flips → rotation U(−180°, 180°), then normalise.
+    """The study's classification augmentation (``Classification/Data/dataloaders.py``): colour jitter →
+    blur → horizontal/vertical flips → rotation U(−180°, 180°), then normalise.
 
     The rotation uses nearest interpolation without expansion and fills the corners black (0 before
     normalisation, as the study rotates the PIL image before ``ToTensor``).

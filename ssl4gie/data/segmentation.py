@@ -2,7 +2,7 @@
 torch Dataset.
 
 Images and masks are paired **by file name** (stem), never by sorted position; the split indices refer to the
-image list sorted by file name, as in the study (SPEC 3.3).
+image list sorted by file name, as in the study's ``Binary_segmentation/train_segmentation.py``.
 """
 
 from __future__ import annotations
@@ -159,8 +159,9 @@ _STUDY_LUMA = np.array([0.2989, 0.587, 0.114], dtype=np.float32)
 def native_mask(item: SegmentationItem, rule: str = "ssl4gie") -> torch.Tensor:
     """The mask at its native resolution as a bool H×W tensor, binarised at half intensity (JPEG masks are not
     exactly 0/255). ``rule="ssl4gie"``: PIL's "L" conversion > 127. ``rule="study"``: the study's eval reading
-    (SPEC 6.3): RGB / 255 in float32, torchvision's luma weights, > 0.5; the two differ only for coloured pixels
-    whose luma lies within rounding of the threshold."""
+    (``get_test_dataloader`` in ``Binary_segmentation/Data/dataloaders.py``): RGB / 255 in float32,
+    torchvision's luma weights, > 0.5; the two differ only for coloured pixels whose luma lies within rounding
+    of the threshold."""
     if rule == "study":
         rgb = np.asarray(open_image(item.mask, "RGB"), dtype=np.float32) / np.float32(255)
         r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
@@ -175,7 +176,8 @@ class SegmentationDataset(Dataset):
     """Samples ``{"image", "target", "meta"}`` (+ ``"target_native"`` for evaluation) of one split.
 
     ``image``: float 3×S×S, ImageNet-normalised; ``target``: float 1×S×S soft mask in [0, 1];
-    ``target_native``: bool H×W mask at the file's resolution, for metrics (SPEC 6.3).
+    ``target_native``: bool H×W mask at the file's resolution, for metrics (as the study's
+    ``eval_segmentation.py``).
     """
 
     def __init__(

@@ -2,7 +2,8 @@
 
 Three layers, applied in this order by :meth:`SplitOptions.apply`:
 
-1. **The base split** of ``dataset.split``: the study's seeded 80/10/10 split (SPEC 2.3; :func:`study_split`),
+1. **The base split** of ``dataset.split``: the study's seeded 80/10/10 split (``split_ids`` in its
+   ``Data/dataloaders.py``; :func:`study_split`),
    ``all`` (every item in test), C3VD's split table, or HyperKvasir's official fold file (``official``).
 2. **k-fold cross-validation** (``dataset.folds=K dataset.fold=i``): the items are dealt into K seeded folds
    (stratified by class for classification, whole videos for C3VD); fold ``i`` is the test split and a seeded

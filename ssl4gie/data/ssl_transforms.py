@@ -1,4 +1,5 @@
-"""Views for self-supervised pretraining (SPEC_PRETRAIN §1.1–1.3), built in the loader workers.
+"""Views for self-supervised pretraining (the recipes of MoCo v3's ``main_moco.py``, Barlow Twins' ``main.py``
+and MAE's ``main_pretrain.py``), built in the loader workers.
 
 Every view object maps one RGB frame — a uint8 3×H×W tensor (the valid region of a cached frame) or a PIL
 image (a frame decoded at full size) — to the tensors of one sample, under fixed keys, and draws its random

@@ -1,4 +1,5 @@
-"""The study's per-sample segmentation pipeline (SPEC 3.3), re-created as the baseline of ``python -m ssl4gie.bench``.
+"""The study's per-sample segmentation pipeline (``Binary_segmentation/Data/``), re-created as the baseline of
+``python -m ssl4gie.bench``.
 
 Not used for training: it exists so that the benchmark can compare our decode-once pipeline with what the study
 does for every sample of every epoch — open and decode the JPEGs, resize them with PIL, colour-jitter and blur the
@@ -21,7 +22,7 @@ from torchvision.transforms import functional as TF
 from ssl4gie.data.segmentation import SegmentationItem
 from ssl4gie.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-# SPEC 3.3 train augmentation, the study's values.
+# The study's train augmentation values (``Binary_segmentation/Data/dataloaders.py`` and ``dataset.py``).
 JITTER = {"brightness": 0.4, "contrast": 0.5, "saturation": 0.25, "hue": 0.01}
 BLUR_KERNEL, BLUR_SIGMA = 25, (0.001, 2.0)
 MAX_ANGLE, MAX_TRANSLATE, SCALE, MAX_SHEAR = 180.0, 1 / 8, (0.5, 1.5), 22.5
@@ -49,7 +50,7 @@ class StudySegmentationDataset(Dataset):
         size = (self.size, self.size)
         image = Image.open(item.image).convert("RGB").resize(size, Image.Resampling.BICUBIC)
         # The study keeps the mask in its decoded mode (RGB for Kvasir-SEG's JPEG masks) through the resize and
-        # turns it grey only as a tensor (SPEC 3.3), so it pays for a 3-channel resize.
+        # turns it grey only as a tensor (``transforms.Grayscale``), so it pays for a 3-channel resize.
         mask = Image.open(item.mask)
         mask = mask.resize(size, Image.Resampling.BICUBIC)
         if self.train:
@@ -72,7 +73,8 @@ class StudySegmentationDataset(Dataset):
         limit = MAX_TRANSLATE * self.size
         params = {
             "angle": random.uniform(-MAX_ANGLE, MAX_ANGLE),
-            # Fractional pixels, unrounded, as the study passes them to TF.affine (SPEC 3.3).
+            # Fractional pixels, unrounded, as the study passes them to TF.affine
+            # (``Binary_segmentation/Data/dataset.py``).
             "translate": [random.uniform(-limit, limit), random.uniform(-limit, limit)],
             "scale": random.uniform(*SCALE),
             "shear": [random.uniform(-MAX_SHEAR, MAX_SHEAR), 0.0],

@@ -1,4 +1,5 @@
-"""Synthetic endoscopy-like datasets in the exact on-disk layouts of the real ones (SPEC section 3).
+"""Synthetic endoscopy-like datasets in the exact on-disk layouts of the real ones (as the datasets are
+released and the study's scripts read them).
 
 Tests and demos need data that goes through the real readers without downloading anything. Each writer
 draws only from ``numpy.random.default_rng`` seeded by ``seed`` (same seed -> byte-identical files), refuses
@@ -30,7 +31,8 @@ from PIL import Image, ImageDraw, ImageFilter
 log = logging.getLogger(__name__)
 
 #: HyperKvasir labelled classes written by :func:`write_hyperkvasir`: class folder -> (tract, category).
-#: The first 18 are the study's classes (SPEC 3.1); the last two live in categories the study ignores.
+#: The first 18 are the study's classes (``Classification/train_classification.py``); the last two live in
+#: categories the study ignores.
 HYPERKVASIR_CLASSES: dict[str, tuple[str, str]] = {
     **{c: ("lower-gi-tract", "anatomical-landmarks") for c in ("cecum", "ileum", "retroflex-rectum")},
     **{c: ("upper-gi-tract", "anatomical-landmarks") for c in ("pylorus", "retroflex-stomach", "z-line")},
@@ -50,7 +52,8 @@ HYPERKVASIR_CLASSES: dict[str, tuple[str, str]] = {
     "dyed-lifted-polyps": ("lower-gi-tract", "therapeutic-interventions"),
 }
 
-#: The 22 C3VD videos as "<sequence folder>/<video code>" (SPEC 3.4): 2 test, 2 val, then 18 train.
+#: The 22 C3VD videos as "<sequence folder>/<video code>" (as the study's ``train_depth.py`` names them):
+#: 2 test, 2 val, then 18 train.
 C3VD_VIDEOS: tuple[str, ...] = tuple(
     f"{seq}_under_review/{code}"
     for seq, code in [

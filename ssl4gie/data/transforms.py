@@ -1,4 +1,5 @@
-"""Image/target transforms of the study (SPEC 3), built on torchvision.transforms.v2.
+"""Image/target transforms of the study (its ``Data/dataloaders.py`` and ``Data/dataset.py``), built on
+torchvision.transforms.v2.
 
 Samples reach the transforms as uint8 tensors already resized to the network input (the decode-once cache does
 the resize); everything here runs per epoch, per sample, in the loader workers, so its cost is measured by
@@ -19,7 +20,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
-    """uint8 C×H×W (or B×C×H×W) -> float, ImageNet-normalised (SPEC 2.2)."""
+    """uint8 C×H×W (or B×C×H×W) -> float, ImageNet-normalised (the study's ``transforms.Normalize``)."""
     mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(-1, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=image.device).view(-1, 1, 1)
     return (image.float() / 255.0 - mean) / std
@@ -80,7 +81,8 @@ def photometric(blur: bool = True) -> v2.Compose:
 
 
 class StudyAffine:
-    """SPEC 3.3's random affine, applied jointly to a float image and its float mask (any device, any batch dims).
+    """The study's segmentation random affine (``Binary_segmentation/Data/dataset.py``), applied jointly to a
+    float image and its float mask (any device, any batch dims).
 
     Each call draws angle U(−``degrees``, ``degrees``), translation (U(−t·W, t·W), U(−t·H, t·H)) px with
     t = ``translate``, scale U(``scale``) and x-shear U(−``shear``, ``shear``)°, in that order, from torch's global
@@ -135,7 +137,8 @@ class StudyAffine:
 
 
 class SegmentationTrainTransform:
-    """SPEC 3.3: colour jitter + blur on the image, normalise, then joint flips and a random affine.
+    """The study's segmentation augmentation: colour jitter + blur on the image, normalise, then joint flips
+    and a random affine.
 
     The affine always applies (:class:`StudyAffine`): rotation U(−180°, 180°), fractional translation up to 1/8 of
     the size, scale U(0.5, 1.5), x-shear U(−22.5°, 22.5°), nearest interpolation; outside pixels are −1.0 in the

@@ -80,7 +80,8 @@ def _has_trainable_batchnorm(model: nn.Module) -> bool:
 
 
 class Trainer:
-    """Fits ``model`` with AdamW + ReduceLROnPlateau (SPEC 5.1), keeping ``last.pt`` and ``best.pt`` in ``output_dir``.
+    """Fits ``model`` with AdamW + ReduceLROnPlateau (the study's ``train_*.py``), keeping ``last.pt`` and
+    ``best.pt`` in ``output_dir``.
 
     ``fingerprint`` identifies the experiment; a ``last.pt`` with another fingerprint in the same folder is refused
     instead of being resumed into a different experiment.

@@ -1,10 +1,10 @@
 """Confusion matrix and macro classification metrics with explicit zero-division handling.
 
-The study smoothed every ratio as (TP + 1e-8) / (count + 1e-8), so a class absent from the test split and never
-predicted scored F1 = 2 and precision = recall = 1, inflating the macro averages (SPEC §6.1, §11 item 14).
-Here every ratio with a zero denominator is 0, as scikit-learn does with ``zero_division=0``, and the macro
-average by default skips classes that have nothing to be scored on. ``protocol="study"`` reproduces the study's
-smoothed formulas instead (``task.protocol=study``).
+The study's ``Classification/Metrics/performance.py`` smoothed every ratio as (TP + 1e-8) / (count + 1e-8), so
+a class absent from the test split and never predicted scored F1 = 2 and precision = recall = 1, inflating the
+macro averages. Here every ratio with a zero denominator is 0, as scikit-learn does with ``zero_division=0``,
+and the macro average by default skips classes that have nothing to be scored on. ``protocol="study"``
+reproduces the study's smoothed formulas instead (``task.protocol=study``).
 """
 
 from __future__ import annotations
@@ -90,9 +90,9 @@ def classification_metrics(
     * ``"all"``: every one of the ``num_classes`` classes; absent ones contribute 0 to every mean.
 
     ``protocol="study"`` (needs ``average_over="all"``, the study's mean over every class) replaces the three
-    ratios by the study's smoothed ones (SPEC 6.1), s = 1e-8: precision_c = (TP_c + s)/(P_c + s), recall_c =
-    (TP_c + s)/(T_c + s), f1_c = 2(TP_c + s)/(P_c + T_c + s); an absent, never-predicted class scores F1 = 2.
-    Accuracy is the same under both.
+    ratios by the study's smoothed ones (``Metrics/performance.py``), s = 1e-8:
+    precision_c = (TP_c + s)/(P_c + s), recall_c = (TP_c + s)/(T_c + s), f1_c = 2(TP_c + s)/(P_c + T_c + s);
+    an absent, never-predicted class scores F1 = 2. Accuracy is the same under both.
 
     Returns ``(metrics, table)``. ``metrics`` has ``accuracy`` (fraction of correct predictions), ``precision``,
     ``recall``, ``f1`` (macro means) and ``n_classes_scored`` (how many classes the means ran over, as a

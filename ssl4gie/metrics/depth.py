@@ -1,13 +1,13 @@
 """Monocular depth metrics (per image, in millimetres) and their accumulator over a test split.
 
-The study reported RMSE, a per-image *median* relative error it called "Relative Error", and mean absolute error,
-all after a per-image least-squares scale-and-shift fit against the ground truth (SPEC §6.4). That fit is an
-oracle: it uses the target of the very image being scored. We keep it (it defines the published numbers) and
-report it under the unsuffixed keys, and add the usual mean AbsRel, δ1 and the median-scaling protocol
-(suffix ``_median``), which uses only the ground-truth median (SPEC §11 item 15).
+The study reported RMSE, a per-image *median* relative error it called "Relative Error", and mean absolute
+error, all after a per-image least-squares scale-and-shift fit against the ground truth (the study's
+``Depth_estimation/eval_depth.py``). That fit is an oracle: it uses the target of the very image being scored.
+We keep it (it defines the published numbers) and report it under the unsuffixed keys, and add the usual mean
+AbsRel, δ1 and the median-scaling protocol (suffix ``_median``), which uses only the ground-truth median.
 
-:func:`study_depth_metrics` is ``task.protocol=study``: the study's eval_depth.py step by step (SPEC §6.4), in its
-units and with its constants, to reproduce its numbers on the same frames.
+:func:`study_depth_metrics` is ``task.protocol=study``: the study's eval_depth.py step by step, in its units
+and with its constants, to reproduce its numbers on the same frames.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def study_crop_offsets(height: int, width: int) -> tuple[int, int]:
 
 @torch.no_grad()
 def study_depth_maps(output: Tensor, target: Tensor, native: Tensor) -> tuple[Tensor, Tensor]:
-    """One frame through the study's eval_depth.py post-processing (SPEC §6.4); returns ``(pred, target)``.
+    """One frame through the study's ``eval_depth.py`` post-processing; returns ``(pred, target)``.
 
     ``output``: the network's s×s map in (0, 1); ``target``: the s×s training target (code / 65535, Pillow-NEAREST
     resized from the padded square, 0 = invalid); ``native``: the H×W native target as the study reads it,

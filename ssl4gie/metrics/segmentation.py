@@ -1,13 +1,14 @@
-"""Per-image binary segmentation metrics (SPEC 6.3) with explicit empty-mask handling.
+"""Per-image binary segmentation metrics with explicit empty-mask handling.
 
-The study adds 1e-8 to numerators and denominators, so an empty prediction of an empty mask scores Dice 2 and any
-empty prediction scores precision 1. Here a ratio whose denominator is 0 is defined instead:
+The study (``Binary_segmentation/Metrics/performance.py``) adds 1e-8 to numerators and denominators, so an
+empty prediction of an empty mask scores Dice 2 and any empty prediction scores precision 1. Here a ratio
+whose denominator is 0 is defined instead:
 
 * prediction and target both empty: every metric is 1 (a perfect answer);
 * otherwise an undefined ratio (precision of an empty prediction, recall of an empty target) is 0, as scikit-learn's
   ``zero_division=0`` — the image holds only mistakes of one kind.
 
-``protocol="study"`` scores instead with the study's smoothed formulas (SPEC 6.3), s = 1e-8:
+``protocol="study"`` scores instead with the study's smoothed formulas, s = 1e-8:
 Dice = 2(|A∩B| + s)/(|A| + |B| + s), IoU = (|A∩B| + s)/(|A| + |B| − |A∩B| + s), precision = (|A∩B| + s)/(|A| + s),
 recall = (|A∩B| + s)/(|B| + s), so that the study's numbers can be reproduced (``task.protocol=study``).
 """

@@ -82,8 +82,9 @@ def patch_size(cfg: DictConfig) -> int | None:
 
 
 class InputNorm(nn.Module):
-    """Re-normalises ImageNet-normalised images (what every dataset reader gives, SPEC 2.2) to a pretraining
-    row's own ``mean`` / ``std`` (e.g. EndoViT's): ``(x·σ_in + μ_in − μ) / σ``, one affine map per channel.
+    """Re-normalises ImageNet-normalised images (what every dataset reader gives, as the study's
+    ``Data/dataloaders.py``) to a pretraining row's own ``mean`` / ``std`` (e.g. EndoViT's):
+    ``(x·σ_in + μ_in − μ) / σ``, one affine map per channel.
 
     The constants are non-persistent buffers: model checkpoints keep their keys, and they follow ``.to(device)``.
     """
@@ -118,7 +119,8 @@ def input_norm(normalize: Mapping[str, Any] | None) -> InputNorm | None:
 
 
 def evenly_spaced_indices(encoder: nn.Module, count: int = 4) -> list[int]:
-    """The last block of each of ``count`` equal parts of the network (2, 5, 8, 11 for a 12-block ViT, SPEC 4.5)."""
+    """The last block of each of ``count`` equal parts of the network (2, 5, 8, 11 for a 12-block
+    ViT, the study's DPT hooks)."""
     n = len(encoder.feature_info)
     return [round((k + 1) * n / count) - 1 for k in range(count)]
 

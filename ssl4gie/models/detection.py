@@ -1,15 +1,16 @@
-"""Faster R-CNN detectors (torchvision) on timm encoders (SPEC 4.6).
+"""Faster R-CNN detectors (torchvision) on timm encoders, as in the study's ``Object_detection/`` scripts.
 
 * :func:`resnet_fpn_detector` — a timm ResNet wrapped by torchvision's ``BackboneWithFPN`` (layer1..4, 256 channels,
   LastLevelMaxPool), i.e. torchvision's ResNet-50-FPN Faster R-CNN with our encoder inside.
-* :func:`vit_detector` — a plain ViT à la ViTDet: CLS token removed, windowed attention in most blocks, the final
-  norm, then a simple feature pyramid with channel-wise LayerNorm (strides 4..32 + "pool"). Two variants reproduce
-  the study's detector (SPEC 4.6, 11.17-18): ``pyramid_norm="study"`` (whole-(C,H,W) LayerNorms, biased convs)
-  and ``pos_embed="study"`` (the 1×(1+G²)×C table kept, its G×G part interpolated to the canvas every forward).
+* :func:`vit_detector` — a plain ViT à la ViTDet: CLS token removed, windowed attention in most blocks, the
+  final norm, then a simple feature pyramid with channel-wise LayerNorm (strides 4..32 + "pool"). Two variants
+  reproduce the study's detector (``Models/models.py``, ``ViTDet_FPN``): ``pyramid_norm="study"``
+  (whole-(C,H,W) LayerNorms, biased convs) and ``pos_embed="study"`` (the 1×(1+G²)×C table kept, its G×G part
+  interpolated to the canvas every forward).
 
-Both take images as float [0, 1] tensors and normalise inside with ImageNet mean/std (SPEC 2.2) unless a pretraining
-row has its own (``image_mean`` / ``image_std``), use torchvision's default anchors (one size per level, 32..512,
-ratios 0.5/1/2) and 2 classes (background, polyp).
+Both take images as float [0, 1] tensors and normalise inside with ImageNet mean/std (as the study's
+detectors) unless a pretraining row has its own (``image_mean`` / ``image_std``), use torchvision's default
+anchors (one size per level, 32..512, ratios 0.5/1/2) and 2 classes (background, polyp).
 
 The pyramid is always built on a stride-16 map of the canvas (RoIAlign infers power-of-two level scales from map
 sizes): a ViT with another patch size (ViT-B/14) sees the canvas resized to (canvas/16)·patch px, so its token grid
@@ -117,7 +118,8 @@ def resnet_fpn_detector(
 
 # ------------------------------------------------------------------------------------------------------- ViT
 def global_attention_blocks(depth: int) -> list[int]:
-    """Blocks that keep global attention: the last block of each quarter (2, 5, 8, 11 for 12 blocks, SPEC 4.2)."""
+    """Blocks that keep global attention: the last block of each quarter (2, 5, 8, 11 for 12 blocks,
+    as the study's ``Models/models.py``)."""
     return sorted({max(0, round((k + 1) * depth / 4) - 1) for k in range(4)})
 
 
@@ -190,7 +192,7 @@ POS_EMBEDS = ("resample", "study")
 
 
 class SimpleFeaturePyramid(nn.Module):
-    """ViTDet's simple feature pyramid on a stride-16 map (SPEC 4.6).
+    """ViTDet's simple feature pyramid on a stride-16 map (as the study's ``ViTDet_FPN``).
 
     Input B×C×H×W; output ``OrderedDict`` "0", "1", "2", "3" at strides 4, 8, 16, 32 and "pool" (stride 64),
     each with ``out_channels`` channels. Each level is [ConvT2×2 (LN GELU ConvT2×2) | MaxPool] Conv1×1 LN Conv3×3

@@ -1,4 +1,5 @@
-"""Dilating encoder stages the way segmentation_models_pytorch 0.3.2 does (SPEC 4.7).
+"""Dilating encoder stages the way segmentation_models_pytorch 0.3.2 does for its ``DeepLabV3Plus`` (output
+stride 16), the study's ResNet segmentation model.
 
 smp's ``make_dilated`` (``replace_strides_with_dilation``) walks every ``nn.Conv2d`` of a stage and sets stride 1,
 dilation d and padding (k // 2)·d, so *every* 3×3 conv of the stage is dilated, the first block's included, and

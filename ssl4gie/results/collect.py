@@ -31,8 +31,9 @@ from ssl4gie.errors import Ssl4gieError
 
 log = logging.getLogger(__name__)
 
-# Row codes (SPEC 2.1) for cells whose metrics.json is missing: conf/backbone/*.yaml and conf/pretraining/*.yaml
-# carry the same codes, but a failed cell may predate a config edit, so the study's fixed codes are kept here.
+# Row codes (the study's README figure codes: RN/VT, HK/IN/NA, MC/BT/MA/SL/NA) for cells whose metrics.json is
+# missing: conf/backbone/*.yaml and conf/pretraining/*.yaml carry the same codes, but a failed cell may
+# predate a config edit, so the study's fixed codes are kept here.
 BACKBONE_CODES = {"resnet50": "RN", "vit_b": "VT"}
 PRETRAINING_CODES = {
     "random": "NA-NA",
@@ -57,7 +58,8 @@ IDENTITY = (
     "frozen",
 )
 RUN_MARKERS = (".hydra", "metrics.json", "failed.json")
-# Facts of issue 12/13 sweeps with the value a run that does not write them stands for.
+# Facts of the foundation-row, label-efficiency, cross-validation and data-scale sweeps, with the value a run
+# that does not write them stands for.
 SWEEP_FACTS = {"train_fraction": 1.0, "fold": None, "folds": None, "pretraining_data_size": None}
 
 
@@ -114,7 +116,7 @@ def _from_hydra(folder: Path) -> dict[str, Any]:
     if all(isinstance(c, str) for c in codes):
         facts["row"] = "-".join(codes)
     dataset = cfg.get("dataset") if isinstance(cfg.get("dataset"), dict) else {}
-    for key in ("train_fraction", "fold", "folds"):  # the dataset group's options of issue 13 sweeps
+    for key in ("train_fraction", "fold", "folds"):  # the label-efficiency and k-fold options
         if _plain(dataset.get(key)) is not None:
             facts[key] = dataset[key]
     for override in overrides:

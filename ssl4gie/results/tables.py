@@ -1,4 +1,5 @@
-"""The study table (SPEC 9): 12 backbone rows × 6 task-datasets, each cell mean ± std over seeds (or folds).
+"""The study table (the grid of the study's README): 12 backbone rows × 6 task-datasets, each cell mean ± std
+over seeds (or folds).
 
 Display conventions (the same in Markdown, CSV and LaTeX):
 

@@ -1,4 +1,5 @@
-"""Pretrained backbones written in the formats the finetuning grid reads (SPEC_PRETRAIN 1.5, SPEC 4.1 / 14).
+"""Pretrained backbones written in the formats the finetuning grid reads (those the study's ``utils.py`` and
+``Models/models.py`` load).
 
 * ResNet-50 (MoCo v3, Barlow Twins): a plain torchvision state dict, no ``fc.*``, no prefix -- the form of
   Barlow Twins' released ``resnet50.pth`` (timm's ResNet key names are torchvision's).

@@ -1,4 +1,5 @@
-"""MAE reconstruction figures for pretraining runs (SPEC_PRETRAIN 4: "saved reconstructions").
+"""MAE reconstruction figures for pretraining runs (as MAE's ``demo/mae_visualize.ipynb`` shows
+them).
 
 matplotlib with the Agg backend, written atomically through :func:`ssl4gie.utils.figures.save_figure`.
 """

@@ -1,6 +1,6 @@
 """Projection and prediction heads of MoCo v3 and Barlow Twins: one MLP builder, the recipes are its arguments.
 
-Recipes (SPEC_PRETRAIN §1.1, §1.2), as keyword arguments after ``in_dim``:
+Recipes (MoCo v3's ``moco/builder.py``, Barlow Twins' ``main.py``), as keyword arguments after ``in_dim``:
 
 * MoCo v3 ResNet-50 projector ``(2048, 4096, 256, layers=2, last_bn=True)``, predictor ``(256, 4096, 256,
   layers=2, last_bn=False)``;

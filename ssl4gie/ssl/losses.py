@@ -1,8 +1,9 @@
 """The MoCo v3 contrastive loss and the Barlow Twins redundancy-reduction loss, global-batch exact under DDP.
 
-Both follow the official recipes (SPEC_PRETRAIN §1.1, §1.2) and reduce to the plain single-process formulas at world
-size 1. They run in (at least) float32 with autocast switched off: a bf16 logit or cross-correlation matrix keeps only ~3
-significant digits, and the cost (an N×N_global or D×D matrix product) is small next to the encoders.
+Both follow the official recipes (MoCo v3's ``moco/builder.py``, Barlow Twins' ``main.py``) and reduce to the
+plain single-process formulas at world size 1. They run in (at least) float32 with autocast switched off: a
+bf16 logit or cross-correlation matrix keeps only ~3 significant digits, and the cost (an N×N_global or D×D
+matrix product) is small next to the encoders.
 """
 
 from __future__ import annotations

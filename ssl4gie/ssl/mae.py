@@ -1,4 +1,5 @@
-"""Masked autoencoder (He et al. 2022) around a timm ViT encoder, reimplemented from the recipe (SPEC_PRETRAIN 1.3).
+"""Masked autoencoder (He et al. 2022) around a timm ViT encoder, reimplemented from the recipe
+(facebookresearch/mae: ``PRETRAIN.md``, the paper).
 
 The encoder is the very timm ``VisionTransformer`` the finetuning grid builds (``num_classes=0``), held as
 ``self.encoder`` with timm's key names; the decoder parts sit on the model itself under the official

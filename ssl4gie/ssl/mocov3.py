@@ -1,6 +1,7 @@
 """MoCo v3 (Chen, Xie & He 2021) around any timm backbone: base and momentum branches, no queue.
 
-Reimplemented from the published recipe (SPEC_PRETRAIN §1.1), not from the CC BY-NC reference code.
+Reimplemented from the published recipe (facebookresearch/moco-v3: ``CONFIG.md``, the paper), not from its
+CC BY-NC reference code.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Health signals for self-supervised pretraining (SPEC_PRETRAIN 4): collapse measures and a kNN probe.
+"""Health signals for self-supervised pretraining: collapse measures (SimSiam's std of ℓ2-normalised outputs,
+RankMe) and a kNN probe on held-out labelled images, as solo-learn and lightly monitor their runs.
 
 Pure functions of embedding tensors; the caller gathers the embeddings (and, under DDP, all-gathers them) and
 logs the floats. Nothing here trains or changes a model.

@@ -1,5 +1,6 @@
 """ViT initialisations of the self-supervised recipes: fixed 2-D sin-cos position embeddings, MAE's and MoCo v3's
-weight initialisations, and MoCo v3's frozen patch projection (SPEC_PRETRAIN 1.1, 1.3).
+weight initialisations, and MoCo v3's frozen patch projection (MoCo v3's ``vits.py``,
+MAE's ``models_mae.py`` and ``util/pos_embed.py``).
 
 All functions act in place on timm modules and keep timm's key names, so the pretrained backbone exports as a
 plain timm state dict.

@@ -1,10 +1,12 @@
-"""Image classification (HyperKvasir anatomical landmarks / pathological findings): SPEC 3.1, 4.3, 5.2, 6.1.
+"""Image classification (HyperKvasir anatomical landmarks / pathological findings), as the study's
+``Classification/train_classification.py`` and ``eval_classification.py``.
 
 Model: a timm backbone without classifier (pooled ResNet features, or the ViT's CLS token after the final
 norm) and one linear layer. Loss: class-weighted cross-entropy, weights from the **training split only** by
-default (the study used all splits, SPEC 11 item 13). Metrics: accuracy and macro precision/recall/F1 with
-explicit zero-division handling (the study's smoothing scored an absent class F1 = 2, SPEC 11 item 14;
-``task.protocol=study`` reproduces it).
+default (the study's ``train_classification.py`` counted every split, test included). Metrics: accuracy and
+macro precision/recall/F1 with explicit zero-division handling (the study's ``Metrics/performance.py`` adds
+1e-8 to numerator and denominator, so an absent, never-predicted class scored F1 = 2; ``task.protocol=study``
+reproduces it).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from ssl4gie.utils.io import save_dataframe_csv
 log = logging.getLogger(__name__)
 
 # Where the class weights of the loss come from (task.class_weights).
-WEIGHT_SOURCES = ("train", "all", "none")  # all = the study (every split, SPEC 3.1); none = plain mean CE
+WEIGHT_SOURCES = ("train", "all", "none")  # all = the study (every split); none = plain mean CE
 MACRO_OVER = ("present", "all")  # see ssl4gie.metrics.classification.classification_metrics
 PROTOCOLS = ("ssl4gie", "study")  # task.protocol: the metrics' formulas (ours, or the study's smoothed ones)
 
@@ -77,8 +79,9 @@ class ClassificationTask(Task):
     """``classes``: the class names in id order (``dataset.classes``); the reader must find exactly these.
 
     ``class_weights``: ``train`` (weights from the training split), ``all`` (every split, as the study) or
-    ``none``. ``protocol``: ``ssl4gie`` (explicit zero division) or ``study`` (the study's eval_classification.py,
-    SPEC 6.1: 1e-8-smoothed ratios averaged over every class, so an absent, never-predicted class scores F1 = 2).
+    ``none``. ``protocol``: ``ssl4gie`` (explicit zero division) or ``study`` (the study's
+    ``eval_classification.py`` with ``Metrics/performance.py``: 1e-8-smoothed ratios averaged over every
+    class, so an absent, never-predicted class scores F1 = 2).
     ``macro_over``: the classes the macro means run over (``present`` or ``all``); ``None`` = the protocol's
     (``present`` for ssl4gie, ``all`` for study); ``present`` with ``study`` is a ConfigError.
     """
@@ -230,7 +233,8 @@ class ClassificationTask(Task):
 
 
 class ClassificationEvaluator(Evaluator):
-    """Argmax predictions and softmax probabilities of every image; metrics over the whole split (SPEC 6.1).
+    """Argmax predictions and softmax probabilities of every image; metrics over the whole split (as
+    the study's ``eval_classification.py``).
 
     After ``compute``, ``kept`` holds up to ``keep`` examples (``kind="example"``; misclassified ones first,
     up to half) and always one ``kind="summary"`` item with the confusion matrix and the per-class table.

@@ -50,7 +50,8 @@ PROTOCOLS = ("ssl4gie", "study")
 
 
 class DepthTask(Task):
-    """SPEC 3.4, 4.4, 4.5, 5.2, 6.4. ``monitor`` is ``val/ssi_mse`` (mode min), the study's selection metric.
+    """Depth on C3VD, as the study's ``Depth_estimation/train_depth.py`` and ``eval_depth.py``. ``monitor`` is
+    ``val/ssi_mse`` (mode min), the study's selection metric.
 
     ``protocol``: how test frames are scored, ``ssl4gie`` or ``study`` (see the module docstring); any other
     value is a ConfigError.
@@ -97,8 +98,8 @@ class DepthTask(Task):
                     f"{videos} was found (dataset.split lists them)"
                 )
         return {
-            # Only the test split carries native-resolution depth: validation is scored at network
-            # resolution as in the study (SPEC 10), and reading full-size TIFFs every epoch would be slow.
+            # Only the test split carries native-resolution depth: validation is scored at network resolution
+            # as in the study's train_depth.py, and reading full-size TIFFs every epoch would be slow.
             s: C3VDDataset(reader, indices[s], self.input_size, train=(s == "train" and self.augment),
                            native=(s == "test"), cache_dir=cache_dir, progress=progress,
                            device_augment=self.augment_on_device)
@@ -176,7 +177,7 @@ class DepthEvaluator(Evaluator):
       the split — Σ squared residuals / (2 Σ valid pixels) — so it does not depend on the batch size.
     * ``rmse``, ``abs_rel``, ``med_rel``, ``mae``, ``delta1`` (mm; oracle scale+shift) and ``…_median``
       (median scaling), averaged over images: at network resolution for batches without ``target_native``
-      (validation), at native resolution otherwise (test, SPEC 6.4).
+      (validation), at native resolution otherwise (test, as the study's ``eval_depth.py``).
 
     With ``protocol="study"``, batches with ``target_native`` are instead scored by the study's eval_depth.py steps
     (:func:`~ssl4gie.metrics.depth.study_depth_maps`): ``rmse``, ``med_rel``, ``mae`` in the study's units (×10 of
@@ -232,7 +233,7 @@ class DepthEvaluator(Evaluator):
     def _process_study(
         self, batch: dict[str, Any], outputs: torch.Tensor, target: torch.Tensor, native: list[torch.Tensor]
     ) -> None:
-        """protocol=study: each test frame scored as eval_depth.py scores it (SPEC 6.4)."""
+        """protocol=study: each test frame scored as the study's ``eval_depth.py`` scores it."""
         for i, meta in enumerate(batch["meta"]):
             # The dataset's native target is code / 65535; the study divides the code by 65536.
             native_study = native[i].double() * DEPTH_SCALE / STUDY_NATIVE_SCALE

@@ -46,10 +46,10 @@ log = logging.getLogger(__name__)
 
 FROZEN_BN = ("auto", True, False)
 # task.protocol: ssl4gie scores every detector in the original image's frame; study halves large images onto the
-# ViT's canvas and scores a ViT in that canvas frame, as the study's eval_detection.py (SPEC 3.2, 6.2)
+# ViT's canvas and scores a ViT in that canvas frame, as the study's `Object_detection/eval_detection.py`
 PROTOCOLS = ("ssl4gie", "study")
 PREDICTIONS_FILE = "predicted_bboxes.json"
-GT_COLOUR, PRED_COLOUR = "yellow", "lime"  # the study's figure colours (SPEC 7)
+GT_COLOUR, PRED_COLOUR = "yellow", "lime"  # the study's colours (`predict_detection.py`)
 
 
 def resolve_frozen_bn(option: str | bool, pretrained: bool) -> bool:
@@ -64,20 +64,21 @@ def resolve_frozen_bn(option: str | bool, pretrained: bool) -> bool:
 
 
 class DetectionTask(Task):
-    """Faster R-CNN finetuning (SPEC 3.2, 4.6, 5.2, 6.2).
+    """Faster R-CNN finetuning, as in the study's ``Object_detection/`` train and eval scripts.
 
     ResNet backbones see images at native size (resized inside the model to ``min_size``/``max_size``); ViT
     backbones see a ``canvas_size`` square canvas. Predictions and metrics are in the original image frame for
-    both (the study scored ViTs in the canvas frame, SPEC 11.17).
+    both (the study's ``eval_detection.py`` scored ViTs in the canvas frame).
 
     ``frozen_bn`` (ResNet only): ``auto`` = FrozenBatchNorm for pretrained rows and for ``frozen=true``, trainable
     BatchNorm for ``pretraining=random`` (torchvision's current rule); ``true`` = always frozen (the study's
-    behaviour, which leaves a random-init detector without normalisation, SPEC 11.19); ``false`` = trainable
-    unless ``frozen=true``.
+    behaviour on torchvision 0.10, which leaves a random-init detector without normalisation); ``false`` =
+    trainable unless ``frozen=true``.
 
     ``pyramid_norm`` / ``pos_embed`` (ViT only): ``channel`` / ``resample`` = channel-wise LayerNorm2d pyramid and a
     table resampled once to the canvas; ``study`` / ``study`` = the study's whole-(C,H,W) LayerNorm pyramid (valid
-    at one canvas only) and its 1×(1+G²)×C table interpolated to the canvas on every forward (SPEC 4.6, 11.17-18).
+    at one canvas only) and its 1×(1+G²)×C table interpolated to the canvas on every forward (the study's
+    ``Models/models.py``).
     """
 
     def __init__(
@@ -175,8 +176,8 @@ class DetectionTask(Task):
             log.warning(
                 "task.frozen_bn=true with pretraining=random: FrozenBatchNorm keeps the random-init statistics "
                 "(mean 0, variance 1, weight 1, bias 0), so the detector trains without normalisation, as the "
-                "study's random-init detector did (SPEC 11.19); residual branches stay active (torchvision's "
-                "initialisation). task.frozen_bn=auto gives it trainable BatchNorm"
+                "study's random-init detector did (torchvision 0.10); residual branches stay active "
+                "(torchvision's initialisation). task.frozen_bn=auto gives it trainable BatchNorm"
             )
         log.info(
             "ResNet detector: %s BatchNorm (task.frozen_bn=%s)",
@@ -230,8 +231,9 @@ class DetectionTask(Task):
         return {"detector": dict(self._structure)}
 
     def use_study_model(self) -> None:
-        """The study's detectors as they ran: always frozen BatchNorm (its random-init one included, SPEC 4.1);
-        for the ViT the whole-map LayerNorm pyramid and the per-forward interpolated position table."""
+        """The study's detectors as they ran: always frozen BatchNorm (its random-init one included, as
+        torchvision 0.10's ``fasterrcnn_resnet50_fpn`` always built it); for the ViT the whole-map LayerNorm
+        pyramid and the per-forward interpolated position table."""
         if self.frozen_bn is not True:
             log.info(
                 "the study's detector: frozen BatchNorm (task.frozen_bn=true instead of %s)", self.frozen_bn
@@ -306,7 +308,7 @@ class DetectionTask(Task):
         ]
 
     def evaluator(self, keep: int = 0, save_dir: Path | None = None) -> Evaluator:
-        # task.protocol=study scores a ViT's boxes in its canvas frame, as the study (SPEC 6.2, 11.17)
+        # task.protocol=study scores a ViT's boxes in its canvas frame, as the study's eval_detection.py
         frame = "input" if self.protocol == "study" and self.canvas is not None else "native"
         return DetectionEvaluator(self.figure_threshold, keep, save_dir, frame)
 

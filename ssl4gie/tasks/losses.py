@@ -1,7 +1,7 @@
 """Training losses, grouped by task; every loss is computed in fp32.
 
-The study computed its losses under autocast, so partly in fp16 (SPEC §5.3, §11 item 22). Each loss here casts
-its inputs to float32 and runs with autocast disabled, whatever context the caller is in.
+The study's ``train_*.py`` scripts computed their losses under ``torch.cuda.amp.autocast``, so partly in fp16.
+Each loss here casts its inputs to float32 and runs with autocast disabled, whatever context the caller is in.
 
 Sections: classification (class weights, weighted cross-entropy), depth (scale-and-shift alignment, MiDaS SSI
 loss). Add a new task's losses as a new section.
@@ -29,10 +29,11 @@ def _no_autocast(device: torch.device) -> torch.autocast:
 def class_weights(labels: Tensor | Sequence[int], num_classes: int) -> Tensor:
     """Inverse-frequency class weights w_c = N / (num_classes · N_c), as a float32 tensor of ``num_classes``.
 
-    N is the number of labels passed and N_c the count of class c. The study computed them over all splits
-    (SPEC §3.1, §11 item 13); the caller should pass the **training split's** labels only. A class with
-    N_c = 0 gets weight 0 (instead of a division by zero): it cannot occur as a target of the split the
-    weights come from. Labels outside ``[0, num_classes)`` or an empty ``labels`` raise ``ValueError``.
+    N is the number of labels passed and N_c the count of class c. The study computed them over all splits,
+    test included (``Classification/train_classification.py``); the caller should pass the **training
+    split's** labels only. A class with N_c = 0 gets weight 0 (instead of a division by zero): it cannot occur
+    as a target of the split the weights come from. Labels outside ``[0, num_classes)`` or an empty ``labels``
+    raise ``ValueError``.
     """
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     if labels.numel() == 0:
@@ -67,7 +68,8 @@ def weighted_cross_entropy(logits: Tensor, target: Tensor, weights: Tensor | Non
 
 
 def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
-    """The study's soft Dice loss (SPEC 5.2), in fp32: ``1 − mean_i 2(Σ p·t + ε) / (Σ p² + Σ t² + ε)``.
+    """The study's soft Dice loss (``Binary_segmentation/Metrics/losses.py``), in fp32:
+    ``1 − mean_i 2(Σ p·t + ε) / (Σ p² + Σ t² + ε)``.
 
     ``logits`` and the soft ``target`` in [0, 1] are B×1×H×W (or B×H×W); p = sigmoid(logits), sums per image.
     """
@@ -79,7 +81,8 @@ def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Depth: scale-and-shift alignment and the MiDaS scale-and-shift-invariant (SSI) loss (SPEC §5.2)
+# Depth: scale-and-shift alignment and the MiDaS scale-and-shift-invariant (SSI) loss, as the study's
+# `Depth_estimation/Metrics/losses.py` (alpha 0.1, 4 scales, batch-based reduction)
 # ----------------------------------------------------------------------------------------------------------
 
 # A determinant this small relative to a00·a11 means a constant prediction over the mask: det is 0 in exact
@@ -129,7 +132,8 @@ def _solve_scale_shift(p: Tensor, d: Tensor, m: Tensor) -> tuple[Tensor, Tensor]
 
 
 def align_scale_shift(pred: Tensor, target: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-image least-squares scale and shift of ``pred`` onto ``target`` over ``mask`` (SPEC §5.2).
+    """Per-image least-squares scale and shift of ``pred`` onto ``target`` over ``mask`` (the study's
+    ``compute_scale_and_shift``: the 2×2 normal equations).
 
     Inputs are B×1×H×W or B×H×W (``mask`` boolean or {0,1}; ``None`` means ``target > 0``). For each image,
     (s, t) minimise Σ_M (s·p + t − d)²; when the system is singular (empty mask, or a prediction constant over
@@ -198,7 +202,8 @@ def _gradient_term(q: Tensor, d: Tensor, m: Tensor, scales: int) -> Tensor:
 def ssi_loss(
     pred: Tensor, target: Tensor, mask: Tensor | None = None, alpha: float = 0.1, scales: int = 4
 ) -> Tensor:
-    """MiDaS scale-and-shift-invariant loss with batch-based reduction, in fp32 (SPEC §5.2).
+    """MiDaS scale-and-shift-invariant loss with batch-based reduction, in fp32 (the study's
+    ``ScaleAndShiftInvariantLoss``).
 
     ``pred`` and ``target`` are B×1×H×W or B×H×W; ``mask`` defaults to ``target > 0``. Each image's prediction
     is aligned by :func:`align_scale_shift` (q = s·p + t); the loss is data + ``alpha`` · gradient with

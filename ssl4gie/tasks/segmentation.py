@@ -77,8 +77,9 @@ def build_dense_model(
 class SegmentationTask(Task):
     """``protocol``: how validation and test masks are read and scored. ``ssl4gie``: masks in PIL's "L" > 127,
     empty masks scored by explicit rules (:mod:`ssl4gie.metrics.segmentation`). ``study``: the study's
-    eval_segmentation.py (SPEC 6.3): masks as RGB, luma greyscale in [0, 1] > 0.5, the 1e-8-smoothed ratios; it
-    needs ``threshold`` 0.5, the study's. Both resize logits bilinearly to the native mask size and score per image.
+    ``Binary_segmentation/eval_segmentation.py``: masks as RGB, luma greyscale in [0, 1] > 0.5, the
+    1e-8-smoothed ratios; it needs ``threshold`` 0.5, the study's. Both resize logits bilinearly to the native
+    mask size and score per image.
     """
 
     def __init__(
@@ -176,7 +177,8 @@ class SegmentationTask(Task):
 
 def native_prediction(logits: torch.Tensor, size: tuple[int, int], threshold: float) -> torch.Tensor:
     """1×s×s logits -> bool H×W mask on the CPU: resized bilinearly to ``size`` (H, W), sigmoid > ``threshold``
-    (SPEC 6.3). The one rule for test metrics, ``mode=predict`` masks and predictions on frames."""
+    (as the study's ``eval_segmentation.py``). The one rule for test metrics, ``mode=predict`` masks and
+    predictions on frames."""
     resized = F.interpolate(logits[None].float(), size=tuple(size), mode="bilinear", align_corners=False)
     return (torch.sigmoid(resized)[0, 0] > threshold).cpu()
 
@@ -229,7 +231,8 @@ class SegmentationFramePredictor(Evaluator):
 
 
 class SegmentationEvaluator(Evaluator):
-    """Logits are resized (bilinear) to each mask's native size, then thresholded (SPEC 6.3); metrics and the
+    """Logits are resized (bilinear) to each mask's native size, then thresholded (as the study's
+    ``eval_segmentation.py``); metrics and the
     trivial baselines by ``protocol`` (:func:`ssl4gie.metrics.segmentation.binary_metrics`)."""
 
     def __init__(

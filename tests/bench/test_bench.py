@@ -92,6 +92,7 @@ def test_loader_only_skips_training(tmp_path, kvasir_tiny, capsys):
 
 
 # ----------------------------------------------------------------------------------- the GPU suite (bench_gpu)
+@pytest.mark.slow
 def test_gpu_suite_tiny_on_cpu_reports_every_case(tmp_path, capsys):
     """All 8 cases (4 tasks × ResNet-50 / ViT-B) at tiny sizes on the CPU: every key of every case, sane values."""
     out = tmp_path / "suite.json"

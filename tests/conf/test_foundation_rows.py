@@ -1,5 +1,6 @@
-"""Issue 12's pretraining rows, row files and sweeps: each row is complete data (backbones, file names, sources,
-licence, code, pretraining-set facts), its row file composes to a valid run, and the sweeps expand to valid cells."""
+"""The GI foundation pretraining rows, row files and sweeps: each row is complete data (backbones, file names,
+sources, licence, code, pretraining-set facts), its row file composes to a valid run, and the sweeps expand to
+valid cells."""
 
 from __future__ import annotations
 
@@ -87,7 +88,13 @@ def test_invalid_backbone_row_pairs_are_refused(backbone, pretraining):
         validate(cfg)
 
 
-@pytest.mark.parametrize(("sweep", "rows"), [("gi_foundation", set(ROWS)), ("data_scale", None)])
+@pytest.mark.parametrize(
+    ("sweep", "rows"),
+    [
+        pytest.param("gi_foundation", set(ROWS), marks=pytest.mark.slow),
+        ("data_scale", None),
+    ],  # 78 and 18 cells
+)
 def test_sweeps_expand_to_the_rows_by_the_six_columns(sweep, rows):
     """Every row × every column, each once; a cell's validity is its row's (backbone × pretraining) and its
     column's (task × dataset), so every row is composed and checked with one column, every column with one row."""

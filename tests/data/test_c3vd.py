@@ -158,7 +158,7 @@ def test_missing_root_and_empty_root(tmp_path: Path) -> None:
 
 def test_pad_geometry_offsets_and_round_trip() -> None:
     g = PadGeometry(1350, 1080)
-    assert (g.side, g.left, g.top) == (1350, 0, 135)  # SPEC 3.4
+    assert (g.side, g.left, g.top) == (1350, 0, 135)  # the study's make_square offset
     portrait = PadGeometry(5, 8)
     assert (portrait.side, portrait.left, portrait.top) == (8, 1, 0)  # int((8 - 5) / 2)
     rng = np.random.default_rng(0)

@@ -136,7 +136,7 @@ def test_rot90_is_counter_clockwise_and_follows_the_study_formulas():
     width = 50
     out, rotated = rot90(image, boxes)
     xmin, ymin, xmax, ymax = boxes[0].tolist()
-    assert rotated[0].tolist() == [ymin, width - xmax, ymax, width - xmin]  # SPEC 3.2
+    assert rotated[0].tolist() == [ymin, width - xmax, ymax, width - xmin]  # the study's rot90 box rule
     assert rotated.canvas_size == (50, 30) and out.shape == (1, 50, 30)
     assert _tight_box(out) == rotated[0].tolist()  # the pixels moved with the box
     corner = torch.zeros(1, 2, 3)

@@ -180,7 +180,8 @@ def test_fraction_is_part_of_the_identity_and_the_run_folder(tmp_path):
 
 
 def test_study_split_is_unchanged_by_the_new_options(data):
-    # the default options reproduce the study's index lists (SPEC 2.3) for an image dataset
+    # the default options reproduce the study's index lists (split_ids in its Data/dataloaders.py) for an image
+    # dataset
     from ssl4gie.data.splits import study_split
 
     assert data.reader("kvasir_seg").splits() == study_split(40)

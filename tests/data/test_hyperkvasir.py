@@ -25,7 +25,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
 REFERENCE = json.loads(Path(__file__).with_name("study_split_indices.json").read_text())
 DOWNLOAD = "https://datasets.simula.no/downloads/hyper-kvasir/hyper-kvasir-labeled-images.zip"
 
-# Image counts of the release (SPEC 3.1) and the per-split class composition the study's split gives them.
+# Image counts of the HyperKvasir release and the per-split class composition the study's split gives them.
 ANATOMICAL = {  # class: (tract, count, (train, val, test))
     "cecum": ("lower-gi-tract", 1009, (794, 109, 106)),
     "ileum": ("lower-gi-tract", 9, (6, 2, 1)),

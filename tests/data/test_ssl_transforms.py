@@ -1,4 +1,5 @@
-"""Pretraining views: the recipes of SPEC_PRETRAIN §1.1–1.3 (order, probabilities, crop ranges), per-view
+"""Pretraining views: the recipes of MoCo v3's ``main_moco.py``, Barlow Twins' ``main.py`` and MAE's
+``main_pretrain.py`` (order, probabilities, crop ranges), per-view
 behaviour on images whose answer is known, normalisation and seeding."""
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _steps(compose: v2.Compose) -> list[tuple[str, float]]:
     return out
 
 
-# The official recipes (SPEC_PRETRAIN §1.1 MoCo v3, §1.2 Barlow Twins), written out step by step per view.
+# The official recipes (MoCo v3's main_moco.py, Barlow Twins' main.py), written out step by step per view.
 MOCO = [
     [("RandomResizedCrop", 1.0), ("ColorJitter", 0.8), ("RandomGrayscale", 0.2), ("PILGaussianBlur", 1.0),
      ("RandomHorizontalFlip", 0.5)],

@@ -1,15 +1,22 @@
-"""Bad input fails fast: one clear line naming the problem and the path, exit status 2, no metrics.json."""
+"""Bad input fails fast: one clear line naming the problem and the path, exit status 2, no metrics.json.
+
+The messages are checked in-process (the error :func:`ssl4gie.run.pipeline.run` logs as its one line); one
+command line shows the whole path: ``python run.py`` prints that line and exits 2 without a traceback."""
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 
 import pytest
-from helpers import FAST, SMALL_DECODERS, TINY, run_cli
+from helpers import FAST, SMALL_DECODERS, TINY, compose_config, run_cli
+from hydra.errors import MissingConfigException
 
 from ssl4gie.data.segmentation import CVCClinicDB, KvasirSeg
 from ssl4gie.data.synthetic import write_cvc_clinicdb, write_kvasir_seg
-from ssl4gie.errors import DatasetError
+from ssl4gie.errors import ConfigError, DatasetError, DatasetMissing
+from ssl4gie.run.pipeline import execute, run
 
 
 @pytest.fixture
@@ -17,29 +24,55 @@ def dataset(tmp_path):
     return write_kvasir_seg(tmp_path / "Kvasir-SEG", n=6, seed=1, size_range=(48, 64))
 
 
-def fails(tmp_path, root, *extra, expect: str):
-    run = tmp_path / "run"
-    result = run_cli(
-        [
-            f"dataset.root={root}",
-            f"paths.cache_dir={tmp_path / 'cache'}",
-            f"hydra.run.dir={run}",
-            *TINY,
-            *SMALL_DECODERS,
-            *FAST,
-            *extra,
-        ]
-    )
+def overrides(tmp_path, root, *extra):
+    return [
+        f"dataset.root={root}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        *TINY,
+        *SMALL_DECODERS,
+        *FAST,
+        *extra,
+    ]
+
+
+def fails(tmp_path, root, *extra, error: type[Exception] = DatasetError, expect: str) -> str:
+    """The run's error: of type ``error`` (an input problem: the command line exits 2), one line holding
+    ``expect``; no metrics.json."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(error) as raised:
+        execute(compose_config(overrides(tmp_path, root, *extra), run_dir))
+    message = str(raised.value)
+    assert expect in message and "\n" not in message, message
+    assert not (run_dir / "metrics.json").exists()
+    return message
+
+
+def test_the_run_logs_one_line_records_failed_json_and_exits_2(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        run(compose_config(overrides(tmp_path, tmp_path / "nowhere"), run_dir))
+    assert stop.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "Kvasir-SEG not found" in errors[0] and "\n" not in errors[0], errors
+    failed = json.loads((run_dir / "failed.json").read_text())
+    assert failed["user_error"] and failed["type"] == "DatasetMissing" and failed["error"] == errors[0]
+    assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow  # a real command line: python and torch start in a new process
+def test_the_command_line_prints_one_line_and_exits_2_without_a_traceback(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli([*overrides(tmp_path, tmp_path / "nowhere"), f"hydra.run.dir={run_dir}"])
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     errors = [line for line in result.stdout.splitlines() if "[ERROR]" in line]
-    assert len(errors) == 1 and expect in errors[0], result.stdout[-2000:]
+    assert len(errors) == 1 and "Kvasir-SEG not found" in errors[0], result.stdout[-2000:]
+    assert str(tmp_path / "nowhere") in errors[0]
     assert "Traceback" not in result.stdout + result.stderr
-    assert not (run / "metrics.json").exists()
-    return errors[0]
+    assert not (run_dir / "metrics.json").exists()
 
 
 def test_missing_root_says_where_what_and_how(tmp_path):
-    line = fails(tmp_path, tmp_path / "nowhere", expect="Kvasir-SEG not found")
+    line = fails(tmp_path, tmp_path / "nowhere", error=DatasetMissing, expect="Kvasir-SEG not found")
     assert str(tmp_path / "nowhere") in line and "images/" in line
     assert "https://datasets.simula.no/downloads/kvasir-seg.zip" in line and "experiment=demo" in line
 
@@ -72,15 +105,22 @@ def test_mask_of_another_size(tmp_path, dataset):
     assert str(mask) in line
 
 
-def test_unknown_option_value_lists_valid_choices(tmp_path):
-    result = run_cli(["backbone=resnet51", f"hydra.run.dir={tmp_path / 'run'}"])
-    assert result.returncode != 0
-    assert "Could not find 'backbone/resnet51'" in result.stderr
-    assert "Available options in 'backbone':\n\tresnet50\n\tvit_b" in result.stderr
+def test_unknown_option_value_lists_valid_choices():
+    with pytest.raises(MissingConfigException) as raised:
+        compose_config(["backbone=resnet51"])
+    assert "Could not find 'backbone/resnet51'" in str(raised.value)
+    assert "Available options in 'backbone':\n\tresnet50\n\tvit_b" in str(raised.value)
 
 
 def test_dataset_of_another_task_is_rejected(tmp_path, dataset):
-    cfg_error = fails(tmp_path, dataset, "dataset=kvasir_seg", "task.name=detection", expect="not for task=")
+    cfg_error = fails(
+        tmp_path,
+        dataset,
+        "dataset=kvasir_seg",
+        "task.name=detection",
+        error=ConfigError,
+        expect="not for task=",
+    )
     assert "kvasir_seg" in cfg_error
 
 

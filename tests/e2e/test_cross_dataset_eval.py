@@ -108,6 +108,7 @@ def test_generalisation_finds_the_cell_trained_from_the_same_weights_file(tmp_pa
     assert cfg.ckpt == str(tmp_path / "sweeps/study" / cell / "best.pt")
 
 
+@pytest.mark.slow  # two sweeps as command lines
 def test_generalisation_smoke_sweep_gives_an_in_vs_out_of_distribution_table(tmp_path, capsys):
     from helpers import run_cli
 

@@ -9,6 +9,7 @@ import sys
 from collections import defaultdict
 
 import pandas as pd
+import pytest
 from helpers import FAST, ROOT, SMALL_DECODERS, TINY, compose_config, expand, run_cli
 from omegaconf import DictConfig
 
@@ -79,6 +80,7 @@ def test_smoke_grid_trains_each_column_on_nested_subsets(tmp_path):
         assert len(by_fraction[0.01]["train"]) < len(full["train"]), column
 
 
+@pytest.mark.slow  # a sweep as a command line
 def test_a_label_efficiency_smoke_sweep_gives_the_curves_figure(tmp_path):
     """Two fractions of one tiny cell through the real multirun, then ssl4gie.results: the metric-vs-fraction
     curves (fractions.png / .csv) and a table of the full training split."""

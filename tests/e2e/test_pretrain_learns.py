@@ -44,6 +44,8 @@ from PIL import Image
 from ssl4gie.data.synthetic import HYPERKVASIR_CLASSES
 from ssl4gie.run.pipeline import execute
 
+pytestmark = pytest.mark.slow  # 96 optimiser steps per pair: 20-50 s each on 2 cores
+
 PROBE_CLASSES = ["cecum", "ileum", "retroflex-rectum", "pylorus", "retroflex-stomach", "z-line"]
 SIDE = 64
 EPOCHS = 12  # 256 frames / batch 32 = 8 steps an epoch: 96 steps

@@ -20,7 +20,7 @@ from helpers import ROOT, compose_config, run_cli, task_overrides
 from helpers.pretrain import PAIRS, pretrain_overrides
 from PIL import Image
 
-from ssl4gie.errors import ConfigError
+from ssl4gie.errors import ConfigError, DatasetError
 from ssl4gie.run.pipeline import execute
 
 # what each method adds to history.csv besides loss, lr and the monitors
@@ -86,6 +86,7 @@ def test_ssl_row_selects_the_pretraining_of_a_study_row(row, ssl, backbone):
     assert (cfg.task.name, cfg.ssl.name, cfg.backbone.name) == ("pretrain", ssl, backbone)
 
 
+@pytest.mark.slow  # command lines
 @pytest.mark.parametrize(("ssl", "backbone"), PAIRS)
 def test_pretrain_exports_what_the_finetuning_row_loads(ssl, backbone, tmp_path, caplog):
     run = tmp_path / "pretrain"
@@ -214,6 +215,7 @@ def popen(args: list[str]) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow  # three command lines
 def test_resume_after_sigkill_continues_the_schedule_at_the_right_step(tmp_path):
     args = pretrain_overrides(tmp_path, "mocov3", "resnet50", "trainer.epochs=4", "task.probe.every=2")
     straight = tmp_path / "straight"
@@ -252,6 +254,7 @@ def test_accumulation_is_refused_where_it_is_not_exact(ssl, tmp_path):
         execute(cfg)
 
 
+@pytest.mark.slow
 def test_mae_accumulates_gradients(tmp_path, caplog):
     run = tmp_path / "run"
     caplog.set_level("INFO")
@@ -261,31 +264,35 @@ def test_mae_accumulates_gradients(tmp_path, caplog):
     assert metrics["steps"] == 6 and metrics["status"] == "complete"
 
 
-def _folder_run(tmp_path: Path, folder: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = pretrain_overrides(
-        tmp_path, "mocov3", "resnet50", "dataset=image_folder", f"dataset.root={folder}"
+def _folder_args(tmp_path: Path, folder: Path, *extra: str) -> list[str]:
+    return pretrain_overrides(
+        tmp_path, "mocov3", "resnet50", "dataset=image_folder", f"dataset.root={folder}", *extra
     )
-    return run_cli([*args, f"hydra.run.dir={tmp_path / 'run'}", *extra])
+
+
+def _folder_run(tmp_path: Path, folder: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_cli([*_folder_args(tmp_path, folder), f"hydra.run.dir={tmp_path / 'run'}", *extra])
 
 
 def test_an_empty_folder_and_a_folder_smaller_than_a_batch_are_clear_errors(tmp_path):
+    # input problems (the command line prints the message as one line and exits 2)
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = _folder_run(tmp_path, empty)
-    out = result.stdout + result.stderr
-    assert result.returncode == 2 and "no images" in out and str(empty) in out
+    with pytest.raises(DatasetError, match="no images") as raised:
+        execute(compose_config(_folder_args(tmp_path, empty), tmp_path / "run"))
+    assert str(empty) in str(raised.value)
 
     three = tmp_path / "three"
     three.mkdir()
     for i in range(3):
         Image.new("RGB", (40, 30), (50 * i, 80, 90)).save(three / f"f{i}.jpg")
-    result = _folder_run(tmp_path, three, "trainer.batch_size=256")
-    out = result.stdout + result.stderr
-    assert result.returncode == 2, out[-2000:]
-    assert "the train split has 3 samples: too few for trainer.batch_size=256" in out
+    with pytest.raises(ConfigError) as raised:
+        execute(compose_config(_folder_args(tmp_path, three, "trainer.batch_size=256"), tmp_path / "run"))
+    assert "the train split has 3 samples: too few for trainer.batch_size=256" in str(raised.value)
     assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "export").exists()
 
 
+@pytest.mark.slow  # a command line
 def test_corrupt_greyscale_and_alpha_frames_in_a_folder(tmp_path):
     folder = tmp_path / "frames"
     (folder / "sub").mkdir(parents=True)
@@ -301,6 +308,7 @@ def test_corrupt_greyscale_and_alpha_frames_in_a_folder(tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["n_frames"] == 10
 
 
+@pytest.mark.slow
 def test_pretraining_without_the_labelled_set_runs_without_the_probe_and_says_so(tmp_path, caplog):
     run = tmp_path / "run"
     overrides = pretrain_overrides(tmp_path, "barlowtwins", "resnet50", "task.probe.data.synthetic=null")
@@ -311,8 +319,11 @@ def test_pretraining_without_the_labelled_set_runs_without_the_probe_and_says_so
 
 
 def test_image_folder_needs_a_root(tmp_path):
-    result = run_cli([*pretrain_overrides(tmp_path, "mae", "vit_b"), "dataset=image_folder"])
-    assert result.returncode == 2 and "dataset.root" in result.stdout + result.stderr
+    cfg = compose_config(
+        [*pretrain_overrides(tmp_path, "mae", "vit_b"), "dataset=image_folder"], tmp_path / "run"
+    )
+    with pytest.raises(ConfigError, match=r"dataset\.root"):
+        execute(cfg)
 
 
 def test_the_epoch_0_baseline_of_a_resnet_has_batchnorm_statistics_of_real_frames(tmp_path):

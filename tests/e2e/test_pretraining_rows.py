@@ -152,6 +152,7 @@ def test_frozen_backbone_stays_bit_identical(tmp_path, kvasir_tiny):
     assert changed  # ...while the decoder trained
 
 
+@pytest.mark.slow  # a command line
 def test_receipt_line_in_run_log(tmp_path, kvasir_tiny):
     extra, _ = write_row_file(tmp_path, "resnet50", "imagenet_mocov3", mocov3, in_weights_dir=False)
     args = [

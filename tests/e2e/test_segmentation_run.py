@@ -108,6 +108,7 @@ def test_checkpoint_of_another_backbone_is_refused(tmp_path, kvasir_tiny):
         )
 
 
+@pytest.mark.slow
 def test_resume_continues_from_last_epoch_and_matches_an_uninterrupted_run(
     tmp_path, kvasir_tiny, monkeypatch, caplog
 ):

@@ -15,7 +15,7 @@ import sys
 import pytest
 from helpers import ROOT, run_cli
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # a sweep through a cluster: minutes
 
 
 def slurm_up() -> bool:

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 from helpers import FAST, ROOT, SMALL_DECODERS, TINY, run_cli
 
+pytestmark = pytest.mark.slow  # sweeps and runs as command lines, killed and relaunched
+
 SMOKE = ["trainer.progress=false"]  # sweeps/smoke.yaml shrinks everything else
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 
+import pytest
 from helpers import compose_config, run_cli, segmentation_overrides
 from helpers.checkpoints import write_weights
 from omegaconf import OmegaConf
@@ -26,6 +27,7 @@ def run_dir(overrides: list[str]) -> str:
     return OmegaConf.select(compose_config(overrides, hydra=True), "hydra.run.dir")
 
 
+@pytest.mark.slow
 def test_run_folder_and_fingerprint_follow_the_weights_content(tmp_path, kvasir_tiny):
     base = segmentation_overrides(kvasir_tiny, tmp_path, *ROW)
     doc = documented_file(tmp_path)
@@ -75,6 +77,7 @@ def test_file_hash_is_cached_per_file_version(tmp_path):
     assert file_sha256(path) == hashlib.sha256(b"other").hexdigest()
 
 
+@pytest.mark.slow  # three command lines
 def test_other_weights_never_reuse_a_run_and_moved_weights_are_the_same_run(tmp_path, kvasir_tiny):
     out = tmp_path / "outputs" / "train" / "segmentation" / "kvasir_seg"
     base = segmentation_overrides(kvasir_tiny, tmp_path, *ROW)
@@ -114,6 +117,7 @@ def test_other_weights_never_reuse_a_run_and_moved_weights_are_the_same_run(tmp_
     assert sorted(p.name for p in out.iterdir()) == sorted([run_a.parent.name, run_b.parent.name])
 
 
+@pytest.mark.slow  # two sweeps as command lines
 def test_sweep_cell_folder_names_the_weights_in_submitit_job_processes(tmp_path):
     """The folder of a cell is resolved in the job process: submitit_local runs it in a real subprocess, which
     has the resolver only because unpickling the ssl4gie Hydra callbacks imports the package."""

@@ -24,7 +24,9 @@ def history(run) -> pd.DataFrame:
     return pd.read_csv(run / "history.csv")
 
 
-@pytest.mark.parametrize("task", sorted(TASK_RUNS))
+@pytest.mark.parametrize(
+    "task", [pytest.param(t, marks=pytest.mark.slow) if t == "depth" else t for t in sorted(TASK_RUNS)]
+)  # depth: 6 s on 2 cores
 def test_evaluation_runs_in_fp32_whatever_the_training_precision(task, tmp_paths, tmp_path):
     """Eval of one checkpoint under trainer.precision=bf16 and fp32 gives identical per-image metrics (CPU)."""
     execute(compose_config(task_overrides(task, tmp_paths), tmp_path / "train"))
@@ -55,7 +57,9 @@ def test_bf16_autocast_training_runs_on_cpu_and_stays_close_to_fp32(kvasir_tiny,
     assert losses["bf16"] != losses["fp32"]  # bf16 really ran
 
 
-@pytest.mark.parametrize("task", ["segmentation", "classification", "depth"])
+@pytest.mark.parametrize(
+    "task", ["segmentation", "classification", pytest.param("depth", marks=pytest.mark.slow)]
+)
 def test_device_augmentation_path_equals_the_loader_path(task, tmp_paths, tmp_path):
     """trainer.gpu_augment=true on a CPU device: the loader hands over uint8 samples and the task augments the
     batch on the device. Same transform, same random draws (no workers): the same training as the loader path."""
@@ -103,7 +107,9 @@ SWITCHES = {
 }
 
 
-@pytest.mark.parametrize("switch", sorted(SWITCHES))
+@pytest.mark.parametrize(
+    "switch", [pytest.param(s, marks=pytest.mark.slow) if s == "compile" else s for s in sorted(SWITCHES)]
+)  # compile: 8 s on 2 cores (dynamo tracing)
 def test_gpu_speed_switches_run_on_cpu_and_match_the_plain_path(switch, kvasir_tiny, tmp_path):
     overrides, tolerance = SWITCHES[switch]
     plain, switched = tmp_path / "plain", tmp_path / "switched"

@@ -173,7 +173,7 @@ LAYOUTS: list[tuple[str, str, Builder]] = [
 ]
 
 
-# ------------------------------------------------------------- the study's fine-tuned files (SPEC 4.8, 14)
+# ----------------------------------- the study's finetuned files (the torch.save calls of its train_*.py scripts)
 def study_file(path, model_state: dict, epoch=7, val_perf=0.8, test_perf=0.7) -> None:
     """A file with exactly the keys and types of the study's checkpoints (numpy float64 loss, numpy RNG tuple);
     ``epoch``, ``val_perf``, ``test_perf``: the training script's numbers it stores."""
@@ -229,9 +229,9 @@ def ref_bn(sd: dict, x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def study_resnet_depth_forward(sd: dict, feats: list[torch.Tensor]) -> torch.Tensor:
-    """The study's ResNet_from_Any depth decoder from its own key names (SPEC 4.4): per level, reduce (Conv1×1 +
-    BN) the coarse map, ×2 bilinear (align_corners=True), concat (upsampled, skip), three bottlenecks; then the
-    head."""
+    """The study's ResNet_from_Any depth decoder from its own key names (``Models/models.py``): per level,
+    reduce (Conv1×1 + BN) the coarse map, ×2 bilinear (align_corners=True), concat (upsampled, skip), three
+    bottlenecks; then the head."""
     import torch.nn.functional as F
 
     def conv(x, name, **kw):
@@ -267,9 +267,10 @@ def study_resnet_depth_forward(sd: dict, feats: list[torch.Tensor]) -> torch.Ten
     return torch.sigmoid(conv(out, "output_conv.5"))
 
 
-# ------------------------------------------------ DINO, DINOv2, MoCo v2, MAE training (GI foundation rows, issue 12)
-# Builders for the layouts of issue 12. They take a backbone state dict in timm names (of any size) and return the
-# file's object as published; the projection heads are small (their key names are what the converters see).
+# --------------------------------------------------- DINO, DINOv2, MoCo v2, MAE training (GI foundation rows)
+# Builders for the layouts of the GI foundation rows' published files. They take a backbone state dict in timm
+# names (of any size) and return the file's object as published; the projection heads are small (their key
+# names are what the converters see).
 def dino_head(prefix: str, in_dim: int, hidden: int = 64, bottleneck: int = 16, out: int = 128):
     """DINO's head: MLP Linear-GELU-Linear-GELU-Linear (mlp.0/2/4, with biases) + weight-normalised last layer."""
     sd = {}

@@ -1,5 +1,5 @@
-"""An independent numpy rendering of the study's depth scoring (eval_depth.py, SPEC 6.4), shared by the metric
-test and the end-to-end ``task.protocol=study`` test; it uses no ssl4gie code."""
+"""An independent numpy rendering of the study's depth scoring (its ``Depth_estimation/eval_depth.py``),
+shared by the metric test and the end-to-end ``task.protocol=study`` test; it uses no ssl4gie code."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
 
 
 def study_reference(output: np.ndarray, target: np.ndarray, native: np.ndarray) -> dict[str, float]:
-    """eval_depth.py's numbers for one frame, written from SPEC 6.4 in float64 numpy."""
+    """eval_depth.py's numbers for one frame, written from its steps in float64 numpy."""
     mask = target > 0
     design = np.stack([output[mask], np.ones(mask.sum())], axis=1)
     (scale, shift), *_ = np.linalg.lstsq(design, target[mask], rcond=None)

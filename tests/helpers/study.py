@@ -54,7 +54,7 @@ def independent_probabilities(family: str, state: dict, paths: list[str]) -> np.
 
 
 # ------------------------------------------------------------------------- ResNet-50 segmentation (smp DeepLabV3+)
-SMP_NAMES = (  # ssl4gie -> smp 0.3.2 (SPEC 4.7), for fabricating a file in their layout
+SMP_NAMES = (  # ssl4gie -> smp 0.3.2's DeepLabV3Plus, for fabricating a file in their layout
     ("decoder.aspp.branches.4.conv.", "decoder.aspp.0.convs.4.1."),
     ("decoder.aspp.branches.4.bn.", "decoder.aspp.0.convs.4.2."),
     ("decoder.aspp.branches.", "decoder.aspp.0.convs."),

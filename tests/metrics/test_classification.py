@@ -86,7 +86,7 @@ def test_bad_arguments_are_named():
         classification_metrics([], [], num_classes=2)
 
 
-# ----------------------------------------------------------------------------- protocol=study (SPEC 6.1)
+# ----------------------------------------- protocol=study (the study's Classification/Metrics/performance.py)
 def study_formulas(y_true, y_pred, n_class: int) -> dict[str, float]:
     """The study's macro metrics over all n_class classes with s = 1e-8, written out independently."""
     s = 1e-8

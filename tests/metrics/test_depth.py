@@ -1,4 +1,5 @@
-"""Hand-computed depth metrics, the accumulator's two alignments, and the study protocol (SPEC 6.4)."""
+"""Hand-computed depth metrics, the accumulator's two alignments, and the study protocol
+(the study's ``Depth_estimation/eval_depth.py``)."""
 
 import math
 
@@ -118,7 +119,7 @@ def test_update_checks_names():
         DepthMetricAccumulator().update(target, target, valid, ["only-one"])
 
 
-# ----------------------------------------------------------------------------- protocol=study (SPEC 6.4)
+# ----------------------------------------------------------------- protocol=study (the study's eval_depth.py)
 def _study(output: np.ndarray, target: np.ndarray, native: np.ndarray) -> dict[str, float]:
     t = [torch.from_numpy(a.astype(np.float32)) for a in (output, target, native)]
     return study_depth_metrics(*study_depth_maps(*t))

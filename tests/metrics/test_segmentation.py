@@ -49,7 +49,7 @@ def test_shape_mismatch_is_an_error():
         binary_metrics(torch.zeros(2, 2), torch.zeros(3, 2))
 
 
-# ----------------------------------------------------------------------------- protocol=study (SPEC 6.3)
+# ------------------------------------ protocol=study (the study's Binary_segmentation/Metrics/performance.py)
 def study_formulas(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """The study's smoothed per-image ratios, written out independently in numpy."""
     s = 1e-8

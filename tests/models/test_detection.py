@@ -23,7 +23,8 @@ from ssl4gie.models.detection import (
 )
 from ssl4gie.tasks.detection import DetectionTask
 
-STUDY_FPN_PARAMETERS = 124_522_752  # the study's pyramid with whole-tensor LayerNorms at 1024² (SPEC 4.6)
+# the study's ViTDet_FPN (Models/models.py) at 1024², counted on its module
+STUDY_FPN_PARAMETERS = 124_522_752
 
 
 def _tiny_vit(img_size=64, depth=4):

@@ -1,4 +1,4 @@
-"""The segmentation ResNet-50 is dilated as smp 0.3.2 dilates it (SPEC 4.7), from the shipped config."""
+"""The segmentation ResNet-50 is dilated as smp 0.3.2's DeepLabV3Plus dilates it, from the shipped config."""
 
 from __future__ import annotations
 

@@ -52,7 +52,10 @@ CELLS = [
 
 
 @pytest.mark.parametrize(
-    ("name", "backbone", "row", "registers", "task"), CELLS, ids=[f"{c[0]}-{c[-1]}" for c in CELLS]
+    ("name", "backbone", "row", "registers", "task"),
+    # depth: about 5 s a cell on 2 cores (the other tasks 1-3 s)
+    [pytest.param(*c, marks=pytest.mark.slow) if c[-1] == "depth" else c for c in CELLS],
+    ids=[f"{c[0]}-{c[-1]}" for c in CELLS],
 )
 def test_one_epoch_finetune(tmp_path, tmp_paths, name, backbone, row, registers, task):
     weights = tmp_path / "weights.pth"

@@ -8,8 +8,11 @@ from helpers import compose_config
 
 from ssl4gie.tasks.segmentation import SegmentationTask
 
-# Decoder + head parameters: smp 0.3.2's DeepLabV3+ (verified against smp, see tests/models/decoders/test_decoders.py) and the
-# study's DPT (SPEC 4.5: 20,328,641) minus its never-used fusion-4 residual unit (1,180,672 parameters).
+# Decoder + head parameters: smp 0.3.2's DeepLabV3+ (verified against smp, see
+# tests/models/decoders/test_decoders.py) and the study's DPT (Models/DPT_decoder.py: 20,328,641) minus its
+# never-used fusion-4 residual unit (1,180,672 parameters).
+pytestmark = pytest.mark.slow  # real-size ResNet-50 and ViT-B: 4-15 s each on 2 cores
+
 DEEPLAB_PARAMS = 3_169_553
 DPT_PARAMS = 20_328_641 - 1_180_672
 

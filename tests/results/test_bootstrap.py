@@ -329,6 +329,7 @@ def test_detection_without_boxes_gives_no_interval(tmp_path, caplog):
     assert "gt_boxes/pred_boxes/pred_scores" in caplog.text
 
 
+@pytest.mark.slow
 def test_cli_ci_writes_intervals(mixed_sweep, tmp_path):
     root, _ = mixed_sweep
     out = tmp_path / "report"

@@ -1,5 +1,5 @@
-"""Issue 12/13 results on fabricated sweeps: k-fold cells, label-efficiency curves, data-scale series, the overlap
-footnote and rows grouped by backbone."""
+"""Foundation-row, label-efficiency, cross-validation and data-scale results on fabricated sweeps: k-fold
+cells, label-efficiency curves, data-scale series, the overlap footnote and rows grouped by backbone."""
 
 from __future__ import annotations
 

@@ -143,13 +143,14 @@ def test_real_size_resnet50_export(tmp_path):
     assert_same_tensors(fresh, state)
     torchvision_rn50 = torchvision.models.resnet50()
     torchvision_rn50.fc = nn.Identity()
-    torchvision_rn50.load_state_dict(state, strict=True)  # SPEC: loads strictly into torchvision's ResNet-50
+    torchvision_rn50.load_state_dict(state, strict=True)  # as the study's ResNet_from_Any loads it: strictly
 
 
 @pytest.mark.slow  # ~15 s on one core: two real ViT-B builds (timm's init of 86 M weights) and a 1 GB file
 def test_real_size_vit_b_and_mae_exports(tmp_path):
-    """SPEC_PRETRAIN 1.5: the MAE file yields exactly 150 encoder tensors by name (timm counts cls_token,
-    pos_embed, patch_embed.proj.{weight,bias}, 12 blocks x 12 tensors, norm.{weight,bias})."""
+    """As MAE's ``mae_pretrain_vit_base.pth``: the MAE file yields exactly 150 encoder tensors by name (timm
+    counts cls_token, pos_embed, patch_embed.proj.{weight,bias}, 12 blocks x 12 tensors,
+    norm.{weight,bias})."""
     torch.manual_seed(0)
     mae = MaskedAutoencoder(backbone("vit_b", tiny=False, input_size=224))
     obj = export_mae(mae)

@@ -1,5 +1,5 @@
 """MoCo v3 and Barlow Twins losses at world size 1 against plain-formula oracles written here, their invariants,
-their expected values at initialisation (SPEC_PRETRAIN §3.1), and the collectives' single-process identities.
+their expected values at initialisation, and the collectives' single-process identities.
 
 (Named test_ssl_losses.py, not test_losses.py: tests/ has no __init__.py files, so two test modules called
 test_losses would collide with tests/tasks/test_losses.py.)
@@ -72,7 +72,8 @@ def test_mocov3_top1_counts_queries_whose_own_key_wins():
 
 @pytest.mark.parametrize("tau", [1.0, 0.2])
 def test_mocov3_symmetrised_loss_is_about_4_tau_ln_n_for_random_embeddings(tau):
-    """Random 256-d unit vectors have near-uniform logits: each direction ≈ 2τ·ln N (SPEC_PRETRAIN §3.1)."""
+    """Random 256-d unit vectors have near-uniform logits: each direction ≈ 2τ·ln N (cross-entropy
+    ln N, scaled by 2τ as MoCo v3's ``moco/builder.py``)."""
     g = torch.Generator().manual_seed(1)
     n = 64
     q1, q2, k1, k2 = (torch.randn(n, 256, generator=g) for _ in range(4))

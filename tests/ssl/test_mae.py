@@ -145,6 +145,7 @@ def test_initial_norm_pix_loss_is_one_plus_prediction_power():
     assert 0.95 < out["loss"].item() < 1.1
 
 
+@pytest.mark.slow  # a real-size ViT-B MAE
 def test_real_size_mae_and_official_names():
     """ViT-B/16 dec512d8b: 150 encoder + 104 decoder tensors, pred (N, 196, 768); its xavier-initialised 512->768
     decoder_pred gives pred**2 ~ 512 * 2 / (512 + 768) = 0.8, so the first norm-pix loss is ~1.8, not ~1.0."""

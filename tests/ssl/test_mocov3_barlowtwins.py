@@ -191,7 +191,8 @@ def test_frozen_patch_embedding_is_left_out_and_the_vit_heads_follow_the_recipe(
 
 
 def test_moco_loss_at_initialisation_is_near_4_tau_ln_n():
-    """Random heads give near-uniform logits: ≈ 2 directions × 2τ × ln N (SPEC_PRETRAIN §3.1)."""
+    """Random heads give near-uniform logits: ≈ 2 directions × 2τ × ln N (cross-entropy ln N,
+    scaled by 2τ as MoCo v3's ``moco/builder.py``)."""
     torch.manual_seed(0)
     n, tau = 16, 1.0
     out = tiny_moco(tau)(*views(n), momentum=0.99)
@@ -201,6 +202,7 @@ def test_moco_loss_at_initialisation_is_near_4_tau_ln_n():
 # -------------------------------------------------------------------------------------------------- overfitting
 
 
+@pytest.mark.slow
 def test_moco_overfits_a_fixed_batch():
     torch.manual_seed(0)
     n, steps = 16, 30
@@ -220,6 +222,7 @@ def test_moco_overfits_a_fixed_batch():
     assert last["embedding_std"] > 0.2 / math.sqrt(32)  # not collapsed
 
 
+@pytest.mark.slow
 def test_barlow_twins_overfits_a_fixed_batch():
     torch.manual_seed(0)
     steps = 30

@@ -32,7 +32,9 @@ def run(overrides: list[str], output_dir: Path) -> dict:
     "backbone,dataset,other",
     [
         ("resnet50", "hyperkvasir_anatomical", "hyperkvasir_pathological"),
-        ("vit_b", "hyperkvasir_pathological", "hyperkvasir_anatomical"),
+        pytest.param(  # 7 s on 2 cores; the ResNet-50 case stays in the fast lane
+            "vit_b", "hyperkvasir_pathological", "hyperkvasir_anatomical", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_train_eval_predict(tmp_path, tmp_paths, backbone, dataset, other):

@@ -34,6 +34,7 @@ def _run(overrides: list[str], output_dir: Path) -> dict:
     return json.loads((output_dir / "metrics.json").read_text())
 
 
+@pytest.mark.slow  # 5-7 s each on 2 cores; the study protocol's eval (test_depth_study_protocol) stays fast
 @pytest.mark.parametrize("backbone", ["resnet50", "vit_b"])
 def test_train_eval_predict(backbone: str, tmp_paths: list[str], tmp_path: Path) -> None:
     base = [

@@ -1,5 +1,5 @@
 """``task.protocol=study`` end to end: a file in the study's own format, evaluated through ``mode=eval``, scores
-each synthetic C3VD frame as the study's eval_depth.py would (SPEC 6.4), model outputs and preprocessing computed
+each synthetic C3VD frame as the study's eval_depth.py would, model outputs and preprocessing computed
 here without ssl4gie code (the study's decoder from its key names, PIL square padding)."""
 
 from __future__ import annotations

@@ -263,7 +263,8 @@ def test_frozen_batchnorm_on_a_random_init_detector_is_explained(tmp_path, caplo
 
 
 def test_study_canvas_halves_large_images_after_padding_odd_sides():
-    """SPEC 3.2: a side > canvas -> one zero row/column on odd sides, halve (bicubic, antialias), centre-pad."""
+    """As the study's ``Object_detection/Data/dataset.py``: a side > canvas -> one zero row/column on odd
+    sides, halve (bicubic, antialias), centre-pad."""
     from torchvision import tv_tensors
 
     from ssl4gie.data.detection import to_canvas

@@ -1,6 +1,7 @@
 """Official pretrained checkpoints, read as published and converted into timm backbone key names.
 
-Every pretraining framework of the study ships its weights in its own layout (SPEC section 14): MoCo v3
+Every pretraining framework of the study ships its weights in its own layout (as published by
+facebookresearch/moco-v3, facebookresearch/barlowtwins, facebookresearch/mae, torchvision and timm): MoCo v3
 ``.pth.tar`` training checkpoints, Barlow Twins ``resnet50.pth`` / ``checkpoint.pth``, MAE ``{'model': ...}``
 files, and plain torchvision / timm state dicts. The backbones themselves are always timm models, so each layout is
 a module of its own with a pair of *pure* functions, ``detect`` and ``convert`` into timm's key names (STYLE habit

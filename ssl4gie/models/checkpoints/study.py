@@ -1,4 +1,5 @@
-"""The study's finetuned model files, as its training scripts saved them into ``Trained models/`` (SPEC 2.5, 4.8).
+"""The study's finetuned model files, as its training scripts saved them into ``Trained models/``
+(``torch.save`` at the end of each ``train_*.py``).
 
 Each file is a dict ``epoch, model_state_dict, optimizer_state_dict, scaler_state_dict, loss, val_perf, test_perf,
 py_state, np_state, torch_state``; ``loss`` is a numpy float64 and ``np_state`` a numpy RNG tuple, so the file is
@@ -111,7 +112,8 @@ def read_study_file(path: str | Path) -> dict[str, Any]:
 
 
 def detect_kind(state: Mapping[str, Any]) -> tuple[str, str]:
-    """``(task, family)`` of a study ``model_state_dict`` from its key names (SPEC 4.8); family is
+    """``(task, family)`` of a study ``model_state_dict`` from its key names (the study's model
+    classes in ``Models/models.py``, smp and torchvision); family is
     ``resnet`` / ``vit`` / ``unknown``, task ``classification`` / ``segmentation`` / ``depth`` / ``detection`` /
     ``unknown``."""
     keys = list(state)

@@ -1,8 +1,10 @@
 """Dense decoders built from feature-map channel counts (never from backbone names).
 
-* :class:`DPT` — ViT patch-grid features → segmentation logits or depth in (0, 1) (SPEC §4.5).
-* :class:`DeepLabV3Plus` — ResNet stride-4 + stride-16 features → segmentation logits (SPEC §4.7).
-* :class:`ResNetDepthDecoder` — ResNet layer1..layer4 → depth in (0, 1) (SPEC §4.4).
+* :class:`DPT` — ViT patch-grid features → segmentation logits or depth in (0, 1) (the study's
+  ``Models/DPT_decoder.py``).
+* :class:`DeepLabV3Plus` — ResNet stride-4 + stride-16 features → segmentation logits (smp 0.3.2's
+  ``DeepLabV3Plus``).
+* :class:`ResNetDepthDecoder` — ResNet layer1..layer4 → depth in (0, 1) (the study's ``ResNet_from_Any``).
 """
 
 from ssl4gie.models.decoders.deeplabv3plus import DeepLabV3Plus

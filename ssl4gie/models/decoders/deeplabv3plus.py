@@ -1,4 +1,4 @@
-"""DeepLabV3+ decoder and head for ResNet segmentation (SPEC §4.7).
+"""DeepLabV3+ decoder and head for ResNet segmentation, as smp 0.3.2's ``DeepLabV3Plus``.
 
 The study used segmentation_models_pytorch 0.3.2's ``DeepLabV3Plus``; this is our own module with the same layers,
 parameter count and initialisation, fed with backbone feature maps so that the encoder stays a timm model.

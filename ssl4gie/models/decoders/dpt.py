@@ -1,7 +1,9 @@
-"""DPT decoder for ViT patch-grid features, as the study used it for segmentation and depth (SPEC §4.5).
+"""DPT decoder for ViT patch-grid features, as the study used it for segmentation and depth
+(its ``Models/DPT_decoder.py``).
 
 Written from the DPT paper's description (reassemble → refinenet fusion → head), with the study's widths. The
-module only sees feature maps, so it works for any patch grid, not just 224 px / patch 16 (SPEC §11 item 18).
+module only sees feature maps, so it works for any patch grid, not just 224 px / patch 16 (the study's
+module hard-codes a 14×14 grid).
 """
 
 from __future__ import annotations

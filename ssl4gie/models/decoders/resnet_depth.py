@@ -1,4 +1,5 @@
-"""The study's ResNet depth decoder: three bottleneck fusion levels and a Sigmoid head (SPEC §4.4)."""
+"""The study's ResNet depth decoder: three bottleneck fusion levels and a Sigmoid head
+(``ResNet_from_Any`` with ``dense="depth"`` in the study's ``Models/models.py``)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Issue 12's checkpoint formats, as published, through the public config path (``pretraining=<row>
-pretraining.checkpoint=FILE``): each file is built from a real-size timm model renamed into the release's key
-structure, and every backbone tensor of the finetuning model is compared with what the file holds. Refusals
-(wrong architecture, a missing tensor, register-count mismatch, unknown layout, TensorFlow files) use tiny models.
+"""The GI foundation rows' checkpoint formats (DINO, DINOv2, MoCo v2, MAE training), as published, through the
+public config path (``pretraining=<row> pretraining.checkpoint=FILE``): each file is built from a real-size
+timm model renamed into the release's key structure, and every backbone tensor of the finetuning model is
+compared with what the file holds. Refusals (wrong architecture, a missing tensor, register-count mismatch,
+unknown layout, TensorFlow files) use tiny models.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""The study's finetuned files as its training scripts save them (SPEC 2.5, 4.8): read with weights_only=True and
-the numpy types of ``loss`` / ``np_state`` allowed, converted into ssl4gie's model, evaluated with ``mode=eval``;
-predictions compared with an independent implementation of the study's classifier on the same weights."""
+"""The study's finetuned files as its ``train_*.py`` scripts save them (``torch.save`` into
+``Trained models/``): read with weights_only=True and the numpy types of ``loss`` / ``np_state`` allowed,
+converted into ssl4gie's model, evaluated with ``mode=eval``; predictions compared with an independent
+implementation of the study's classifier on the same weights."""
 
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ def test_study_files_of_the_other_kinds_are_recognised_by_their_keys():
 
 # ------------------------------------------------------------------------------------------ ViT-B + DPT (dense)
 def study_dpt_names(ours: dict) -> dict:
-    """ssl4gie's EncoderDecoder keys -> the study's (SPEC 4.8), for fabricating a file in their layout."""
+    """ssl4gie's EncoderDecoder keys -> the study's (``Models/models.py``), for fabricating a file in their
+    layout."""
     renames = [("decoder.head.", "decoder.output_conv.")]
     for level in range(1, 5):
         renames += [
@@ -156,9 +158,9 @@ def study_dpt_names(ours: dict) -> dict:
 
 
 def study_dpt_forward(sd: dict, feats: list[torch.Tensor], head: str) -> torch.Tensor:
-    """The study's DPT, computed from its own key names with functional ops (SPEC 4.5): reassemble, project,
-    refinenet 4 → 1 (resConfUnit1 on the skip input, resConfUnit2 after the sum, ×2 bilinear align_corners=True,
-    1×1 out_conv), then the head."""
+    """The study's DPT, computed from its own key names with functional ops (``Models/DPT_decoder.py``):
+    reassemble, project, refinenet 4 → 1 (resConfUnit1 on the skip input, resConfUnit2 after the sum, ×2
+    bilinear align_corners=True, 1×1 out_conv), then the head."""
     import torch.nn.functional as F
 
     def w(name):
@@ -348,6 +350,7 @@ def test_study_resnet_segmentation_file_equals_smp_deeplabv3plus(tmp_paths, tmp_
 
 
 # --------------------------------------------------------------------------------- ResNet-50-FPN Faster R-CNN
+@pytest.mark.slow
 def test_study_resnet_detector_file_equals_torchvisions_model(tmp_paths, tmp_path, caplog):
     """Their torchvision 0.10 Faster R-CNN (version-1 FPN / RPN names, FrozenBatchNorm) against torchvision's own
     model built as the study built it, which upgrades the version-1 names itself."""

@@ -1,6 +1,7 @@
-"""``task.protocol=study`` end to end: one of the study's finetuned files (classification, segmentation) evaluated
-with ``mode=eval task.protocol=study`` gives the numbers of the study's eval_*.py (SPEC 6.1, 6.3), computed here
-from predictions of an independent implementation of the study's model and the study's formulas in numpy."""
+"""``task.protocol=study`` end to end: one of the study's finetuned files (classification, segmentation)
+evaluated with ``mode=eval task.protocol=study`` gives the numbers of the study's eval_*.py (classification,
+segmentation), computed here from predictions of an independent implementation of the study's model and the
+study's formulas in numpy."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from ssl4gie.models.decoders import DPT, DeepLabV3Plus, ResNetDepthDecoder
 from ssl4gie.models.decoders.dpt import _FusionBlock
 
-# DPT decoder alone at in_channels=768 with the study's widths: SPEC §4.5 (counted on the study's module).
+# DPT decoder alone at in_channels=768 with the study's widths (counted on the study's Models/DPT_decoder.py).
 DPT_STUDY_PARAMS = {"segmentation": 20_328_641, "depth": 20_065_921}
 # The coarsest fusion block's first residual conv unit, which the study builds but never runs:
 # two 256→256 3×3 convs, without bias and with two BatchNorms (segmentation) or with bias and no BN (depth).
@@ -18,8 +18,8 @@ UNUSED_RCU_PARAMS = {"segmentation": 2 * 256 * 256 * 9 + 2 * 2 * 256, "depth": 2
 # (3,169,296) + model.segmentation_head (257). Counted with segmentation-models-pytorch 0.3.3 (+ timm 0.9.2),
 # installed in a throwaway folder; its deeplabv3/decoder.py, model.py and base/heads.py are identical to 0.3.2's.
 SMP_DEEPLABV3PLUS_R50_PARAMS = 3_169_553
-# ResNetDepthDecoder at ResNet-50 widths, summed from the SPEC §4.4 layer list: levels 7,818,752 + 1,959,680
-# + 492,416, head 331,969.
+# ResNetDepthDecoder at ResNet-50 widths, summed from the layers of the study's ResNet_from_Any: levels
+# 7,818,752 + 1,959,680 + 492,416, head 331,969.
 RESNET_DEPTH_R50_PARAMS = 10_602_817
 
 
