@@ -52,6 +52,7 @@ def test_each_run_command_passes_the_command_line_check(args):
     check_overrides([a for a in args if not a.startswith("-")])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", MODULES)
 def test_each_module_answers_help(module):
     result = subprocess.run(

@@ -61,6 +61,7 @@ def test_valid_command_lines_pass(overrides):
     check_overrides(overrides)
 
 
+@pytest.mark.slow
 def test_the_command_line_exits_2_in_one_line_without_starting_a_run(tmp_path):
     for option in ("+trainer.epoch=2", "trainer.epochs=two"):
         result = run_cli([option, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
