@@ -60,9 +60,9 @@ def test_the_decode_cache_gives_the_umask_mode(tmp_path, umask):
     fields = {"image": ((4, 4, 3), "uint8")}
     source = tmp_path / "a.png"
     source.write_bytes(b"x")
-    load_or_build(
-        tmp_path / "cache", "demo", [source], {}, fields, 2, lambda i: {"image": np.full((4, 4, 3), i)}, 1, False
-    )
+    decode = lambda i: {"image": np.full((4, 4, 3), i)}  # noqa: E731
+    load_or_build(tmp_path / "cache", "demo", [source], {}, fields, 2, decode, workers=1, progress=False)
     (built,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
     assert mode(built) == 0o777 & ~umask
-    assert {p.name: mode(p) for p in built.iterdir()} == {n: 0o666 & ~umask for n in ("image.npy", "meta.json")}
+    files = {p.name: mode(p) for p in built.iterdir()}
+    assert files == {"image.npy": 0o666 & ~umask, "meta.json": 0o666 & ~umask}
