@@ -458,7 +458,13 @@ class Trainer:
             )
         if not resumed and self.cfg.get("val_at_start", False):
             self._validate_at_start(val_set)
-        self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        # A signal the process was started ignoring (e.g. SIGINT in a background job) stays ignored. None: a handler
+        # installed outside Python, which cannot be put back; the default action stands in for it.
+        self._previous_handlers = {
+            s: signal.signal(s, self._on_signal) or signal.SIG_DFL
+            for s in STOP_SIGNALS
+            if signal.getsignal(s) is not signal.SIG_IGN
+        }
         try:
             while self.epoch < self.cfg.epochs:
                 self._run_epoch(train_loader, val_set)

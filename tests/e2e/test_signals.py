@@ -60,6 +60,8 @@ def signal_group_mid_epoch(args: list[str], run: Path, signum: int) -> tuple[sub
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # as from an interactive shell, also when these tests run in a background job (which ignores SIGINT)
+        preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGTERM)],
     )
     deadline = time.time() + 400
     while not (run / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
