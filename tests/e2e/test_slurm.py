@@ -146,7 +146,9 @@ def test_a_cell_whose_job_hits_its_time_limit_is_requeued_by_submitit_and_comple
         minutes = int(slurm_job(job_id)["RunTime"].split(":")[-2]) + 3  # [D-]HH:MM:SS
         subprocess.run(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes}"], check=True)
         wait_for(lambda: slurm_job(job_id).get("Restarts", "0") != "0", "the requeue", 120, proc)
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=10"], check=True)
+        subprocess.run(
+            ["scontrol", "update", f"JobId={job_id}", "TimeLimit=30"], check=True
+        )  # no second warning
         output, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
