@@ -8,7 +8,7 @@ A Hydra callback, set by the ``experiment=demo*`` configs (``hydra.callbacks.dem
   which the segmentation task writes beside its own;
 * ``initial``: the same (validation) metric for the initial weights, the history's epoch 0
   (``trainer.val_at_start=true``), e.g. a depth network's RMSE before training;
-* a number, e.g. 0 for the mAP of a detector that finds nothing.
+* a number, e.g. 0 for the mAP of a detector that finds nothing (``what`` names it in the line).
 
 The model learned when its metric beats the reference by ``margin`` (in the metric's direction: lower is better
 for errors such as RMSE).
@@ -31,7 +31,7 @@ LOWER_IS_BETTER = ("rmse", "mse", "mae", "abs_rel", "med_rel", "loss")
 
 
 def reference_value(
-    reference: Any, metric: str, metrics: dict, run: Path, config: DictConfig
+    reference: Any, metric: str, metrics: dict, run: Path, config: DictConfig, what: str = ""
 ) -> tuple[float, str]:
     """(value, description) of ``reference`` for ``metric`` of the run in folder ``run``."""
     if reference == "initial":
@@ -51,14 +51,16 @@ def reference_value(
         names = [reference] if isinstance(reference, str) else list(reference)
         best = max(names, key=lambda name: metrics.get(name, float("-inf")))
         return float(metrics[best]), f"{best.rsplit('/', 1)[-1].replace('_', ' ')}"
-    return float(reference), "a model that learned nothing"
+    return float(reference), what or "a model that learned nothing"
 
 
-def verdict(metric: str, reference: Any, margin: float, run: Path, config: DictConfig) -> tuple[bool, str]:
+def verdict(
+    metric: str, reference: Any, margin: float, run: Path, config: DictConfig, what: str = ""
+) -> tuple[bool, str]:
     """(learned, the one line) for the finished run in folder ``run`` (its ``metrics.json``)."""
     metrics = json.loads((run / "metrics.json").read_text())
     value = float(metrics[metric])
-    ref, what = reference_value(reference, metric, metrics, run, config)
+    ref, what = reference_value(reference, metric, metrics, run, config, what)
     lower = any(word in metric.rsplit("/", 1)[-1] for word in LOWER_IS_BETTER)
     learned = value <= ref - margin if lower else value >= ref + margin
     line = (
@@ -72,12 +74,12 @@ def verdict(metric: str, reference: Any, margin: float, run: Path, config: DictC
 class DemoVerdict(Callback):
     """Logs :func:`verdict` as the run's last line (a warning when the model did not learn)."""
 
-    def __init__(self, metric: str, reference: Any, margin: float = 0.05) -> None:
-        self.metric, self.reference, self.margin = metric, reference, float(margin)
+    def __init__(self, metric: str, reference: Any, margin: float = 0.05, what: str = "") -> None:
+        self.metric, self.reference, self.margin, self.what = metric, reference, float(margin), what
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         run = Path(config.hydra.runtime.output_dir)
         if not (run / "metrics.json").is_file():  # the run failed or stopped: its own message says why
             return
-        learned, line = verdict(self.metric, self.reference, self.margin, run, config)
+        learned, line = verdict(self.metric, self.reference, self.margin, run, config, self.what)
         (log.info if learned else log.warning)("%s", line)

@@ -62,14 +62,18 @@ def test_lower_is_better_against_the_initial_weights(tmp_path):
 
 def test_the_callback_logs_the_verdict_of_a_finished_run_only(tmp_path, caplog):
     config = OmegaConf.merge(SIX, {"hydra": {"runtime": {"output_dir": str(tmp_path)}}})
-    callback = DemoVerdict(metric="test/map", reference=0.0, margin=0.05)
+    callback = DemoVerdict(
+        metric="test/map", reference=0.0, margin=0.05, what="a detector that finds nothing"
+    )
     with caplog.at_level(logging.INFO, logger="ssl4gie"):
         callback.on_job_end(config, job_return=None)  # no metrics.json: the run's own error says why
         assert caplog.messages == []
         finished_run(tmp_path, {"test/map": 0.02})
         callback.on_job_end(config, job_return=None)
     assert caplog.records[-1].levelno == logging.WARNING
-    assert caplog.messages[-1].startswith("demo verdict: did NOT learn: test/map 0.020 vs 0.000")
+    assert caplog.messages[-1].startswith(
+        "demo verdict: did NOT learn: test/map 0.020 vs 0.000 for a detector that finds nothing"
+    )
 
 
 @pytest.mark.parametrize("demo", sorted(p.stem for p in (CONF / "experiment").glob("demo*.yaml")))
