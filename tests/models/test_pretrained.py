@@ -14,6 +14,8 @@ import time
 import pytest
 from helpers import ROOT, run_cli
 
+pytestmark = pytest.mark.slow  # each starts Python with torch and timm: about 7 s on 2 cores
+
 UNREACHABLE = {"HF_ENDPOINT": "http://127.0.0.1:9"}  # the discard port: nothing listens, connection refused
 OFFLINE = {"HF_HUB_OFFLINE": "1"}
 
@@ -56,7 +58,7 @@ def expect_whole_message(message: str, weights_dir) -> None:
     "network",
     [
         pytest.param(UNREACHABLE, id="unreachable"),
-        pytest.param(OFFLINE, id="offline", marks=pytest.mark.slow),
+        pytest.param(OFFLINE, id="offline"),
     ],
 )
 def test_hub_weights_without_network_fail_at_once_with_the_whole_message(tmp_path, network):
@@ -78,7 +80,6 @@ def test_hub_weights_without_network_fail_at_once_with_the_whole_message(tmp_pat
     assert "Retrying" not in result.stderr and "thrown while requesting" not in result.stderr
 
 
-@pytest.mark.slow
 def test_a_run_from_hub_weights_offline_ends_in_one_line(tmp_path, kvasir_tiny):
     run = tmp_path / "run"
     start = time.perf_counter()
