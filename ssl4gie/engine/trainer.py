@@ -47,11 +47,12 @@ from ssl4gie.engine.device import (
 from ssl4gie.errors import ConfigError, Ssl4gieError
 from ssl4gie.loggers.base import RunLogger
 from ssl4gie.tasks.base import Evaluator, Task
+from ssl4gie.utils import signals
 from ssl4gie.utils.io import save_torch
-from ssl4gie.utils.seed import rng_state, seed_everything, seed_worker, set_rng_state
+from ssl4gie.utils.seed import SeedPerItem, rng_state, seed_everything, seed_worker, set_rng_state
+from ssl4gie.utils.signals import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SLURM preemption / submitit's timeout warning
 
 
 def to_device(value: Any, device: torch.device) -> Any:
@@ -161,6 +162,10 @@ class Trainer:
         self.steps_per_epoch = 1  # set by fit() from the loader (benchmarks run train_epoch directly)
         self.generator = torch.Generator()
         self.stop_signal: int | None = None
+        self._batches = None  # the training epoch's loader iterator (its workers end with a stop)
+        # the running sums of the epoch's training scalars, kept in a mid-epoch last.pt (one per rank)
+        self._epoch_sums: dict[str, Any] = {}
+        self._resumed_sums: list[dict] = []
         # experiment trackers (ssl4gie.loggers), set by the CLI on rank 0: each gets every history row
         self.loggers: list[RunLogger] = []
 
@@ -226,7 +231,7 @@ class Trainer:
             )
         workers = self.num_workers
         return DataLoader(
-            dataset,
+            SeedPerItem(dataset) if train else dataset,
             batch_size=self.micro_batch if train else self.eval_batch,
             sampler=sampler,
             shuffle=False,
@@ -268,8 +273,9 @@ class Trainer:
             "task_state": self.task.extra_state(),
         }
 
-    def state(self, rng: list[dict] | None = None) -> dict:
-        """What ``last.pt`` holds: everything to resume, including one RNG state per rank (``rng``)."""
+    def state(self, rng: list[dict] | None = None, sums: list[dict] | None = None) -> dict:
+        """What ``last.pt`` holds: everything to resume, including one RNG state per rank (``rng``) and, mid-epoch,
+        each rank's running sums of the epoch's training scalars (``sums``)."""
         return {
             **self.weights_state(),
             "optimizer": self.optimizer.state_dict(),
@@ -278,17 +284,29 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "rng": rng if rng is not None else [rng_state()],
+            "epoch_sums": sums if sums is not None else [self._running_sums()],
+        }
+
+    def _running_sums(self) -> dict:
+        """This rank's sums of the unfinished epoch (empty at an epoch boundary), as plain numbers."""
+        if not self.step_in_epoch or not self._epoch_sums:
+            return {}
+        return {
+            "loss": float(self._epoch_sums["loss"]),
+            "count": int(self._epoch_sums["count"]),
+            "scalars": {k: float(v) for k, v in self._epoch_sums["scalars"].items()},
         }
 
     def save(self, last: bool = True, best: bool = False) -> None:
         """Rank 0 writes ``best.pt`` (weights only) and/or ``last.pt`` (full state), atomically; every rank takes
         part (its RNG state goes into ``last.pt``) and waits for the files."""
         rng = distributed.gather_objects(rng_state(), self.dist) if last else None
+        sums = distributed.gather_objects(self._running_sums(), self.dist) if last else None
         if self.dist.is_main:
             if best:  # first: a last.pt on disk always has its best.pt
                 save_torch(self.output_dir / "best.pt", self.weights_state())
             if last:
-                save_torch(self.output_dir / "last.pt", self.state(rng))
+                save_torch(self.output_dir / "last.pt", self.state(rng, sums))
         distributed.barrier(self.dist)
 
     def _rank_seed(self, epoch: int) -> int:
@@ -331,6 +349,8 @@ class Trainer:
         self.global_step = ckpt.get("global_step", 0)
         self.history = list(ckpt["history"])
         self._restore_rng(ckpt["rng"])
+        sums = ckpt.get("epoch_sums") or []
+        self._resumed_sums = [sums[self.dist.rank]] if len(sums) == self.dist.world_size else []
         where = f"epoch {self.epoch}/{self.cfg.epochs}"
         if self.step_in_epoch:
             where = f"step {self.step_in_epoch} of epoch {self.epoch + 1}/{self.cfg.epochs}"
@@ -361,7 +381,10 @@ class Trainer:
         return distributed.max_over_ranks(self.stop_signal or 0, self.dist, self.device)
 
     def _stop_now(self, signum: int) -> None:
-        """Save a mid-epoch ``last.pt``, then let the previous handler (e.g. submitit's requeue) take the signal."""
+        """Save a mid-epoch ``last.pt``, end the loader workers, then let the previous handler take the signal:
+        submitit's (checkpoint and requeue on its ``SIGUSR2``; log and carry on for SIGTERM, after which this
+        raises ``SystemExit``), or the default action, so that the process ends *by the signal* as a shell,
+        ``timeout`` or SLURM expect (exit status 128 + the signal's number in a shell)."""
         log.warning(
             "received %s%s: saving last.pt at step %d of epoch %d",
             signal.Signals(signum).name,
@@ -370,15 +393,28 @@ class Trainer:
             self.epoch + 1,
         )
         self.save(last=True)
+        self._end_workers()
         if self.stop_signal != signum:  # this rank got no signal itself: stop with the others
             raise SystemExit(128 + signum)
         previous = self._previous_handlers.get(signum, signal.SIG_DFL)
+        if (
+            previous is signal.default_int_handler
+        ):  # Python's Ctrl-C: a KeyboardInterrupt traceback; end by SIGINT
+            previous = signal.SIG_DFL
         signal.signal(signum, previous)
         if callable(previous):
             previous(signum, None)
         else:
             os.kill(os.getpid(), signum)  # default action: terminate, as if we had not intercepted it
         raise SystemExit(128 + signum)  # a handler that returned, or an ignored signal: still stop here
+
+    def _end_workers(self) -> None:
+        """End the training loader's workers now, through torch's own shutdown of its iterator: they ignore the stop
+        signals, and an exit that left them running would wait for them at interpreter exit."""
+        batches, self._batches = self._batches, None
+        shutdown = getattr(batches, "_shutdown_workers", None)  # a multi-process iterator (torch >= 1.0)
+        if shutdown is not None:
+            shutdown()
 
     # ---------------------------------------------------------------------------------------------------- loop
     def fit(self, train_set: Dataset, val_set: Dataset) -> None:
@@ -399,7 +435,13 @@ class Trainer:
         self.schedule.start(self.steps_per_epoch)
         if not resumed and self.cfg.val_at_start:
             self._validate_at_start(val_set)
-        self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        # A signal the process was started ignoring (e.g. SIGINT in a background job) stays ignored. None: a handler
+        # installed outside Python, which cannot be put back; the default action stands in for it.
+        self._previous_handlers = {
+            s: signal.signal(s, self._on_signal) or signal.SIG_DFL
+            for s in STOP_SIGNALS
+            if signal.getsignal(s) is not signal.SIG_IGN
+        }
         try:
             while self.epoch < self.cfg.epochs:
                 self._run_epoch(train_loader, val_set)
@@ -497,11 +539,19 @@ class Trainer:
         accum = self.accum_steps
         total, count, data_time = 0.0, 0, 0.0
         sums: dict[str, torch.Tensor] = {}  # other scalars, summed on the device (no sync per step)
+        if self._resumed_sums:  # resumed mid-epoch: the epoch's means include the steps before the stop
+            resumed = self._resumed_sums.pop()
+            total, count = resumed.get("loss", 0.0), resumed.get("count", 0)
+            sums = {k: torch.tensor(v, device=self.device) for k, v in resumed.get("scalars", {}).items()}
+        self._epoch_sums = {"loss": total, "count": count, "scalars": sums}  # what a mid-epoch last.pt keeps
         step_values: dict[str, float] = {}
         self.optimizer.zero_grad(set_to_none=True)
         start = tick = time.perf_counter()
+        with signals.held():  # workers start with the stop signals held back, until they ignore them
+            self._batches = iter(loader)
         bar = tqdm(
-            loader,
+            self._batches,
+            total=len(loader),
             desc=f"epoch {epoch}/{self.cfg.epochs}",
             leave=False,
             disable=None if self.cfg.progress and self.dist.is_main else True,
@@ -521,9 +571,11 @@ class Trainer:
                 )
             self.scaler.scale(loss / accum).backward()
             count += 1
+            total += loss.item()
             for name, value in out.items():
                 if name != "loss" and isinstance(value, torch.Tensor) and value.ndim == 0:
                     sums[name] = sums.get(name, 0.0) + value.detach().float()
+            self._epoch_sums.update(loss=total, count=count)
             if count % accum == 0:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
@@ -532,7 +584,6 @@ class Trainer:
                 self.global_step += 1
                 if signum := self._agreed_stop_signal():
                     self._stop_now(signum)
-            total += loss.item()
             bar.set_postfix(loss=f"{total / count:.4f}", **{k: f"{v:.3g}" for k, v in step_values.items()})
             tick = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)  # a trailing incomplete accumulation is dropped

@@ -22,6 +22,9 @@ from ssl4gie.models.checkpoints.io import CheckpointError
 from ssl4gie.run.weights import weights_file  # one lookup for the loader, the fingerprint and the run folder
 
 log = logging.getLogger(__name__)
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# What timm asks the Hugging Face hub for, in this order (timm/models/_hub.py, load_state_dict_from_hf)
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def _file_registers(path: Path) -> int:
@@ -56,6 +59,45 @@ def resolve_backbone(backbone: DictConfig, pretraining: DictConfig, weights_dir:
     return resolved
 
 
+def _hub_source(tag: str) -> dict:
+    """``timm.create_model`` keyword arguments that load ``tag`` with at most one network attempt per file.
+
+    Left alone, huggingface_hub retries an unreachable hub five times per file with backoff (about 23 s, with a
+    warning each time) and timm asks for two files. Here: a file already in the local Hugging Face cache is handed to
+    timm as a local file (no network at all); otherwise one request, without retries, asks the hub for the file's
+    metadata; only when the hub answers does timm download (a missing file, HTTP 404, moves on to the next name).
+    Raises what that one request raised (no network, offline mode, a proxy's refusal).
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError
+
+    hub_id = getattr(timm.models.get_pretrained_cfg(tag), "hf_hub_id", None)
+    if not hub_id:  # a plain URL: torch.hub downloads it in one attempt
+        return {}
+    repo_id, _, revision = hub_id.partition("@")
+    for filename in HUB_FILES:
+        cached = try_to_load_from_cache(repo_id, filename, revision=revision or None)
+        if isinstance(cached, str):
+            return {"pretrained_cfg_overlay": {"file": cached}}
+    for filename in HUB_FILES:
+        try:
+            get_hf_file_metadata(
+                hf_hub_url(repo_id, filename, revision=revision or None), retry_on_errors=False
+            )
+        except EntryNotFoundError:
+            continue
+        break
+    return {}
+
+
+def _fetch_hint(pretraining: DictConfig, backbone: DictConfig) -> str:
+    """How to get a row's weights onto a machine without network: the fetch command where the row exists."""
+    row = f"{backbone.get('code', '')}-{pretraining.get('code', '')}".lower().replace("-", "_")
+    if (CONF_DIR / "row" / f"{row}.yaml").is_file():
+        return f"`python -m ssl4gie.fetch row={row}` on a machine with network, then copy the file"
+    return f"download {pretraining.urls.get(backbone.name)}"
+
+
 def _from_hub(
     encoder: nn.Module, tag: str, pretraining: DictConfig, backbone: DictConfig, weights_dir: str | Path
 ) -> str:
@@ -64,14 +106,15 @@ def _from_hub(
     if backbone.get("img_size_kwarg"):
         kwargs[backbone.img_size_kwarg] = encoder.patch_embed.img_size[0]
     try:
-        source = timm.create_model(tag, pretrained=True, **kwargs)
-    except Exception as e:  # no network, hub down, proxy: tell the user exactly which file to fetch by hand
-        name = pretraining.files.get(backbone.name)
+        source = timm.create_model(tag, pretrained=True, **kwargs, **_hub_source(tag))
+    except Exception as e:  # no network, hub down, proxy: tell the user exactly which file to put where
+        reason = (str(e).strip().splitlines() or [""])[0]
         raise ConfigError(
-            f"could not download timm weights '{tag}' for pretraining={pretraining.name} ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:160]}). Download {pretraining.urls.get(backbone.name)} to "
-            f"{Path(weights_dir) / name} (paths.weights_dir), or pass pretraining.checkpoint=PATH"
-        ) from e
+            f"could not download timm weights '{tag}' for pretraining={pretraining.name} backbone={backbone.name} "
+            f"({type(e).__name__}: {reason}). Without network, put the weights file at "
+            f"{Path(weights_dir) / pretraining.files.get(backbone.name)} (paths.weights_dir, read before the hub): "
+            f"{_fetch_hint(pretraining, backbone)}; or pass pretraining.checkpoint=PATH"
+        ) from None
     missing, unexpected = encoder.load_state_dict(source.state_dict(), strict=False)
     if missing or unexpected:
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""``python -m ssl4gie.results SWEEP_DIR [--out DIR] [--metric TASK=METRIC ...] [--frozen] [--ci]``.
+"""``python -m ssl4gie.results SWEEP_DIR [--out DIR] [--metric TASK=METRIC ...] [--frozen] [--full] [--ci]``.
 
 Writes the results files (see :func:`~ssl4gie.results.report.write_results`) and prints ``table.md`` (and
 ``stored.md``, for evaluations of the study's released files) to stdout.
@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--frozen", action="store_true", help="report frozen-backbone runs instead of fine-tuned"
     )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="the study's full layout, 12 rows x 6 task-datasets ('—' where a cell has no run); by default the "
+        "tables hold only the rows and columns the sweep has runs of",
+    )
     parser.add_argument("--digits", type=int, default=3, help="decimals in the tables (default 3)")
     parser.add_argument(
         "--ci",
@@ -59,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.ci:
             ci = BootstrapOptions(args.ci_resamples, args.ci_level, args.ci_seed, args.ci_method)
         written = write_results(
-            args.sweep_dir, args.out, parse_metric_overrides(args.metric), args.frozen, args.digits, ci
+            args.sweep_dir,
+            args.out,
+            parse_metric_overrides(args.metric),
+            args.frozen,
+            args.digits,
+            ci,
+            full=args.full,
         )
     except Ssl4gieError as e:
         log.error("%s", e)

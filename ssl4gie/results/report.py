@@ -38,6 +38,7 @@ def write_results(
     frozen: bool = False,
     digits: int = 3,
     ci: BootstrapOptions | None = None,
+    full: bool = False,
 ) -> dict[str, Path]:
     """Collect ``sweep_dir`` and write ``runs.csv``, ``table.{md,csv,tex,png}``, ``significance.{csv,md}``;
     ``fractions.{csv,png}`` for a label-efficiency sweep (two or more ``train_fraction`` values in a column) and
@@ -45,6 +46,8 @@ def write_results(
     ``stored.{md,csv}`` where runs evaluated the study's released files (their stored numbers beside ours).
 
     ``ci``: bootstrap intervals in the tables and paired bootstrap differences in the significance report.
+    The tables hold the rows and columns the sweep has runs of; ``full``: the study's 12 × 6 layout (``—`` where a
+    cell has no run), plus any other row or column of the sweep.
     ``out_dir`` defaults to ``<sweep_dir>/results``. Returns ``{file name: path}``. Failed or missing cells do
     not stop the report (they are counted, listed in ``table.md`` and logged); a missing or empty sweep folder
     raises :class:`~ssl4gie.results.collect.ResultsError`.
@@ -54,7 +57,7 @@ def write_results(
     runs = collect_runs(sweep_dir)
     # a folder of evaluations only (sweep=generalisation) has its own columns, not the study's six
     evaluations_only = "mode" in runs and bool((runs["mode"] == "eval").all())
-    table = study_table(runs, metric_overrides, frozen, evaluations_only, sweep_dir, ci)
+    table = study_table(runs, metric_overrides, frozen, evaluations_only, sweep_dir, ci, compact=not full)
     problems = problem_runs(runs, frozen)
     tests = significance(runs, sweep_dir, metric_overrides, frozen, ci=ci)
     notes = SIGNIFICANCE_NOTE + ("" if ci is None else " " + BOOTSTRAP_NOTE.format(ci=ci.describe()))

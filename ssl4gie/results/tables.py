@@ -215,6 +215,7 @@ def study_table(
     present_only: bool = False,
     sweep_dir: str | os.PathLike | None = None,
     ci: BootstrapOptions | None = None,
+    compact: bool = False,
 ) -> pd.DataFrame:
     """Values of the study table.
 
@@ -223,7 +224,8 @@ def study_table(
     ``ci_low``/``ci_high`` (the bootstrap interval with ``ci`` and ``sweep_dir``, else NaN) and ``overlap``
     (the row's pretraining datasets of the column's family, comma-joined, "" for none), for the 6 study columns
     in order, then any other in the data; with ``present_only`` only the columns that have runs (in the same
-    order: e.g. a cross-dataset evaluation, Kvasir-SEG first, then the other sets). ``table.attrs``:
+    order: e.g. a cross-dataset evaluation, Kvasir-SEG first, then the other sets); with ``compact`` also only the
+    rows that have runs (the study's layout cut to what the sweep holds, in the same order). ``table.attrs``:
     ``metrics`` (column → metric), ``frozen``, ``folds`` (whether a cell is over folds), ``fractions``
     (column → the tabled ``train_fraction``), ``ci`` (the options' description or None). Only complete runs
     enter the values.
@@ -233,7 +235,9 @@ def study_table(
     chosen = runs[(runs["frozen"] == frozen) & (runs["status"] != "skipped")]
     rows = ordered_rows(chosen["row"])
     columns = ordered(chosen["task_dataset"], STUDY_COLUMNS)
-    if present_only:
+    if compact:
+        rows = [r for r in rows if r in set(chosen["row"])]
+    if present_only or compact:
         columns = [c for c in columns if c in set(chosen["task_dataset"])]
     metrics = column_metrics(columns, metric_overrides)
     done = selected_runs(runs, frozen)

@@ -67,7 +67,7 @@ def check_slurm_launcher(launcher: DictConfig) -> None:
         raise fail("timeout_min", "must be a whole number of minutes >= 1")
     delay = values.get("signal_delay_s")
     if delay is not None and not (_whole(delay) and 0 <= delay < 60 * timeout):
-        # SIGUSR1 at or before the start would make every job save, requeue and start over at once
+        # the warning signal at or before the start would make every job save, requeue and start over at once
         raise fail("signal_delay_s", f"must be a whole number >= 0 and below timeout_min={timeout} minutes")
     requeues = values.get("max_num_timeout")
     if requeues is not None and not (_whole(requeues) and requeues >= 0):

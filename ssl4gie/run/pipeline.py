@@ -33,8 +33,8 @@ def run(cfg: DictConfig) -> float | None:
     """Hydra task function; returns the monitored validation metric (for sweepers).
 
     A user-input problem (:class:`Ssl4gieError`) is logged as one line and ends a single run with exit status 2.
-    In a multirun every failure is recorded in the cell's ``failed.json`` and raised, so that the launcher marks the
-    cell failed while the other cells go on.
+    In a multirun every failure is recorded in the cell's ``failed.json`` (with its traceback) and logged as one line;
+    the cell returns, the other cells go on, and the sweep's summary reports it (``ssl4gie.run.sweep_progress``).
     """
     output_dir = Path(cfg.paths.output_dir)
     try:
@@ -48,6 +48,10 @@ def run(cfg: DictConfig) -> float | None:
             log.error("%s", e)
             if not _multirun():
                 raise SystemExit(2) from None
+        if _multirun():
+            if not isinstance(e, Ssl4gieError):
+                log.error("%s: %s (traceback in %s)", type(e).__name__, e, output_dir / "failed.json")
+            return None
         raise
     finally:
         distributed.teardown()

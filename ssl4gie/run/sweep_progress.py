@@ -1,4 +1,5 @@
-"""A Hydra callback that reports a sweep's progress from the driver: cells done / running / failed / pending.
+"""A Hydra callback that reports a sweep's progress from the driver: cells done / running / failed / pending, and
+at the end a summary (:mod:`ssl4gie.run.sweep_summary`) with an exit status that says whether every cell succeeded.
 
 It watches the sweep folder (never log text): a cell is done when its ``metrics.json`` exists, failed when it has a
 ``failed.json``, running when Hydra has created its folder but neither file exists yet. Works with every launcher
@@ -17,6 +18,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from ssl4gie.run.sweep_summary import cell_state, summarise
+
 log = logging.getLogger("ssl4gie.sweep")
 
 
@@ -33,15 +36,9 @@ def cell_status(sweep_dir: Path) -> dict[str, list[Path]]:
     """Cell folders under ``sweep_dir`` by status."""
     status: dict[str, list[Path]] = {"done": [], "failed": [], "running": []}
     for hydra_dir in sorted(sweep_dir.glob("**/.hydra")):
-        cell = hydra_dir.parent
-        if (cell / "metrics.json").exists():
-            status["done"].append(cell)
-        elif (cell / "failed.json").exists():
-            status["failed"].append(cell)
-        elif (cell / "skipped.json").exists():  # finished: its dataset is not on disk (skip_missing_data)
-            status["done"].append(cell)
-        else:
-            status["running"].append(cell)
+        # a skipped cell is finished (its dataset is not on disk, skip_missing_data); no result yet: running
+        state = cell_state(hydra_dir.parent)
+        status[{"skipped": "done", "no result": "running"}.get(state, state)].append(hydra_dir.parent)
     return status
 
 
@@ -77,7 +74,7 @@ class SweepProgress(Callback):
         while not self._stop.wait(self.interval_s):
             self.report()
 
-    def report(self, final: bool = False) -> None:
+    def report(self) -> None:
         with self._lock:  # the watcher thread and the job callbacks both report
             status = cell_status(self.sweep_dir)
             for cell in status["failed"]:
@@ -90,7 +87,7 @@ class SweepProgress(Callback):
                         cell / "run.log",
                     )
             counts = tuple(len(status[k]) for k in ("done", "failed", "running"))
-            if counts == self._last and not final:
+            if counts == self._last:
                 return
             self._last = counts
             done, failed, running = counts
@@ -101,14 +98,21 @@ class SweepProgress(Callback):
             log.info("[sweep] %d%s done, %d failed, %d running%s", done, total, failed, running, pending)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        # With the basic launcher the jobs run in the driver: report after each. (Hydra skips on_multirun_end
-        # when a cell failed, so this is also where a failing local sweep gets its last report.)
+        # With the basic launcher the jobs run in the driver: report after each.
         if hasattr(self, "sweep_dir"):
             self.report()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """The summary of the sweep; exit status 1 (``SystemExit``, no traceback) when a cell failed or has no
+        result. (A failed cell records ``failed.json`` and returns, so Hydra reaches this point with any launcher.)"""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self.report(final=True)
-        log.info("[sweep] tables: python -m ssl4gie.results %s", self.sweep_dir)
+        self.report()
+        summary = summarise(self.sweep_dir, self.total)
+        for line in summary.lines():
+            (log.info if summary.ok else log.error)("%s", line)
+        if summary.cells["done"]:
+            log.info("[sweep] tables: python -m ssl4gie.results %s", self.sweep_dir)
+        if not summary.ok:
+            raise SystemExit(1)

@@ -31,6 +31,11 @@ def tiny_run_args(kvasir, tmp_path, *extra):
     ]
 
 
+def summary_lines(log: str, n: int) -> list[str]:
+    """The last ``n`` lines of a sweep's output, from their ``[sweep]`` on (the log prefix left out)."""
+    return [line[line.find("[sweep]") :] for line in log.rstrip().splitlines()[-n:]]
+
+
 def start_until_first_checkpoint(args: list[str], run) -> subprocess.Popen:
     """Start ``run.py args`` in the background and return once its first ``last.pt`` exists."""
     proc = subprocess.Popen(
@@ -102,6 +107,14 @@ def test_failed_cell_does_not_stop_the_others_and_relaunch_skips_complete_cells(
     assert "Invalid learning rate" in json.loads((failed[0] / "failed.json").read_text())["error"]
     assert "[sweep] 1/2 done, 1 failed, 0 running, 0 pending" in log
     assert f"[sweep] failed: {failed[0].name}" in log
+    # ...and ends on its summary: counts, the cause with an example, no traceback
+    assert summary_lines(log, 4) == [
+        f"[sweep] 2 cells: 1 done, 0 skipped, 1 failed ({sweep})",
+        "[sweep]   1 failed: ValueError: Invalid learning rate: -1.0",
+        f"[sweep]     e.g. {failed[0] / 'failed.json'}",
+        f"[sweep] tables: python -m ssl4gie.results {sweep}",
+    ]
+    assert "Traceback" not in log
 
     stamp = (done[0] / "metrics.json").stat().st_mtime_ns
     result = run_cli(args)  # relaunch the same sweep: the complete cell is skipped, the failed one reruns
@@ -109,6 +122,33 @@ def test_failed_cell_does_not_stop_the_others_and_relaunch_skips_complete_cells(
     assert log.count("already holds a complete run") == 1
     assert (done[0] / "metrics.json").stat().st_mtime_ns == stamp
     assert (failed[0] / "failed.json").exists() and not (failed[0] / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_cells_all_failed_ends_on_its_summary_through_submitit(tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(
+        [
+            "-m",
+            "sweep=smoke",
+            "row=rn_na_na",
+            "trainer.lr=-1,-2",
+            "hydra/launcher=submitit_local",
+            f"paths.output_root={out}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            *SMOKE,
+        ]
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 1, log[-3000:]
+    sweep = out / "sweeps" / "smoke"
+    first = sweep / "column=kvasir_seg,row=rn_na_na,seed=42,trainer.lr=-1"
+    assert summary_lines(log, 3) == [
+        f"[sweep] 2 cells: 0 done, 0 skipped, 2 failed ({sweep})",
+        "[sweep]   2 failed: ValueError: Invalid learning rate: -1.0",  # one cause: the numbers differ
+        f"[sweep]     e.g. {first / 'failed.json'}",
+    ]
+    assert "Traceback" not in log
 
 
 @pytest.mark.timeout(600)

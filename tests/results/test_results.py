@@ -17,7 +17,7 @@ from scipy.stats import wilcoxon
 from ssl4gie.results import collect_runs, format_table, problem_runs, significance, study_table
 from ssl4gie.results.__main__ import main
 from ssl4gie.results.stats import _compare, holm
-from ssl4gie.results.tables import direction
+from ssl4gie.results.tables import STUDY_ROWS, direction
 
 SEG, DEPTH = "segmentation/kvasir_seg", "depth/c3vd"
 NAMES = {"RN-IN-SL": ("resnet50", "imagenet_supervised"), "RN-NA-NA": ("resnet50", "random")}
@@ -302,3 +302,26 @@ def test_a_column_that_mixes_evaluation_protocols_is_flagged(tmp_path, caplog):
         (folder / "metrics.json").write_text(json.dumps({**metrics, "protocol": protocol}))
     assert main([str(tmp_path)]) == 0
     assert "depth/c3vd mixes evaluation protocols ['ssl4gie', 'study']" in caplog.text
+
+
+def table_lines(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith("|")]
+
+
+def test_a_small_sweep_prints_a_compact_table_and_full_gives_the_study_layout(tmp_path, capsys):
+    """Two cells (the smoke sweep's shape): two rows, one column, narrow enough for a terminal; --full: 12 x 6."""
+    root = tmp_path / "smoke"
+    for job, row in enumerate(("RN-NA-NA", "VT-NA-NA")):
+        write_run(root / str(job), row, SEG, 42)
+    assert main([str(root)]) == 0
+    compact = table_lines(capsys.readouterr().out)
+    assert [line.split("|")[1].strip() for line in compact[2:]] == ["RN-NA-NA", "VT-NA-NA"]
+    assert [c.strip() for c in compact[0].split("|")[2:-1]] == [f"{SEG} test/dice ↑"]
+    assert max(map(len, compact)) <= 60
+
+    assert main([str(root), "--full"]) == 0
+    full = table_lines(capsys.readouterr().out)
+    assert [line.split("|")[1].strip() for line in full[2:]] == list(STUDY_ROWS)
+    assert len(full[0].split("|")[2:-1]) == 6 and max(map(len, full)) > 200
+    written = table_lines((root / "results" / "table.md").read_text())  # the files follow the flag
+    assert sum(line.count("—") for line in written) == 12 * 6 - 2
