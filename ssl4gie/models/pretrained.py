@@ -93,9 +93,11 @@ def _hub_source(tag: str) -> dict:
 def _fetch_hint(pretraining: DictConfig, backbone: DictConfig) -> str:
     """How to get a row's weights onto a machine without network: the fetch command where the row exists."""
     row = f"{backbone.get('code', '')}-{pretraining.get('code', '')}".lower().replace("-", "_")
+    url = (pretraining.get("urls") or {}).get(backbone.name)
+    download = f"download {url}" if url else "download it"
     if (CONF_DIR / "row" / f"{row}.yaml").is_file():
-        return f"`python -m ssl4gie.fetch row={row}` on a machine with network, then copy the file"
-    return f"download {pretraining.urls.get(backbone.name)}"
+        return f"`python -m ssl4gie.fetch row={row}` (or {download}) on a machine with network, then copy the file"
+    return download
 
 
 def _from_hub(
