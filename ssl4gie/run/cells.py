@@ -143,24 +143,33 @@ def cell_configs(config: DictConfig, keys: tuple[str, ...] | None = None) -> lis
                             nodes[key] = raw[key]
                         else:
                             nodes.pop(key, None)
-                if keys is None:  # the whole config, hydra node included
-                    cfg = copy.deepcopy(base)
-                    with flag_override(cfg, "struct", False):
-                        for key in nodes.keys() | base_raw.keys():
-                            if key not in nodes:
-                                del cfg[key]
-                            elif nodes[key] is not base_raw.get(key, _ABSENT):
-                                cfg[key] = nodes[key]
-                else:
-                    cfg = OmegaConf.create({k: nodes[k] for k in keys if k in nodes})
-                    values = [o for o in values if o.key_or_group.lstrip("+~").split(".")[0] in keys]
-                with flag_override(cfg, "struct", False):
-                    _apply_values(values, cfg)
+                cfg = _assemble(base, base_raw, nodes, values, keys)
             except (HydraException, OmegaConfBaseException, ValueError) as e:
                 out.append(Cell(tuple(overrides), label, error=str(e).splitlines()[0]))
                 continue
             out.append(Cell(tuple(overrides), label, cfg))
     return out
+
+
+def _assemble(
+    base: DictConfig, base_raw: dict, nodes: dict, values: list, keys: tuple[str, ...] | None
+) -> DictConfig:
+    """A cell's config from its top-level ``nodes`` (``base``'s where the cell's group options left them alone) and
+    its value options; only the ``keys`` nodes where given, else the whole config with the hydra node."""
+    if keys is None:
+        cfg = copy.deepcopy(base)
+        with flag_override(cfg, "struct", False):
+            for key in nodes.keys() | base_raw.keys():
+                if key not in nodes:
+                    del cfg[key]
+                elif nodes[key] is not base_raw.get(key, _ABSENT):
+                    cfg[key] = nodes[key]
+    else:
+        cfg = OmegaConf.create({k: nodes[k] for k in keys if k in nodes})
+        values = [o for o in values if o.key_or_group.lstrip("+~").split(".")[0] in keys]
+    with flag_override(cfg, "struct", False):
+        _apply_values(values, cfg)
+    return cfg
 
 
 def _components(groups: list[str], changed) -> list[tuple[str, ...]]:
