@@ -7,9 +7,10 @@
 # tqdm, filelock and tabulate, but not the Hydra stack: its wheels travel in the git-ignored .whl/ folder of the
 # working tree. Before carrying the tree to the machine:
 #
-#     mkdir -p .whl && cp ../shared/device/wheels/*.whl .whl/
+#     pip wheel --no-deps -w .whl hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 \
+#         hydra-submitit-launcher==1.2.0 submitit==1.5.4          # pure Python: wheels for any machine
 #     pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
-#         -d .whl kornia==0.9.0 kornia-rs==0.2.0      # the device views' colour and blur operations
+#         -d .whl pycocotools==2.0.11 kornia==0.9.0 kornia-rs==0.2.0   # COCO mAP; the device views' operations
 #
 # (pytest too, if that Python lacks it: pip download --no-deps -d .whl pytest pluggy iniconfig packaging)
 # On the machine, from the repository root:
@@ -87,7 +88,7 @@ install() {
   shopt -s nullglob
   local wheels=(.whl/*.whl)
   if [ ${#wheels[@]} -eq 0 ]; then
-    echo "no wheels in .whl/: run 'mkdir -p .whl && cp ../shared/device/wheels/*.whl .whl/' before carrying the tree" >&2
+    echo "no wheels in .whl/: put the Hydra stack's, pycocotools' and kornia's wheels there before carrying the tree (the header of $0 says how)" >&2
     return 1
   fi
   SITE="${SITE:-$(mktemp -d)/site}"
