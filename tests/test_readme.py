@@ -59,3 +59,20 @@ def test_each_module_answers_help(module):
         [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def heading_anchor(title: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_inside_the_readme_finds_its_heading():
+    text = (ROOT / "README.md").read_text()
+    anchors = {heading_anchor(t) for t in re.findall(r"^#{1,4} (.+)$", text, re.M)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert len(links) >= 20 and not links - anchors, sorted(links - anchors)
+
+
+def test_the_readme_names_no_path_outside_the_repository():
+    text = (ROOT / "README.md").read_text()
+    assert not re.findall(r"(?<!\.)\.\./\w|/work/|/home/\w", text)
