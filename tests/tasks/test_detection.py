@@ -4,6 +4,7 @@ contracts: predictions in the original image frame, option checks."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -225,13 +226,20 @@ def test_the_study_position_table_keeps_the_pretrained_grid(tmp_path):
         ("resnet50", "task.fpn_channels=8", "fpn_channels"),
     ],
 )
-def test_eval_refuses_a_checkpoint_of_another_detector_structure(
-    backbone, change, option, tmp_paths, tmp_path
+def test_eval_builds_the_checkpoints_detector_and_refuses_a_typed_contradiction(
+    backbone, change, option, tmp_paths, tmp_path, monkeypatch, caplog
 ):
+    """Eval builds the detector the checkpoint was trained with: another structure in the config is replaced by the
+    checkpoint's (and logged) unless the command line typed it, which is refused naming the option."""
     execute(_config(backbone, tmp_paths, tmp_path / "train"))
     ckpt = f"ckpt={tmp_path / 'train' / 'best.pt'}"
-    with pytest.raises(ConfigError, match=f"does not match the config: detector=.*'{option}'"):
+    with caplog.at_level(logging.INFO):
         execute(_config(backbone, tmp_paths, tmp_path / "eval", "mode=eval", ckpt, change))
+    assert f"task.{option}=" in caplog.text and "(from the checkpoint)" in caplog.text
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["status"] == "complete"
+    monkeypatch.setattr("ssl4gie.run.prepare.explicit_options", lambda: {change.split("=")[0]})
+    with pytest.raises(ConfigError, match=rf"task\.{option}=.* contradicts checkpoint .*task\.{option}="):
+        execute(_config(backbone, tmp_paths, tmp_path / "eval2", "mode=eval", ckpt, change))
 
 
 @pytest.mark.parametrize("backbone", sorted(PER_BACKBONE))
