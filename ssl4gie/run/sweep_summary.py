@@ -1,7 +1,7 @@
 """The end of a sweep: what each cell of this launch left in its folder, in a few lines.
 
 Read from the sweep folder only (never log text), so it works with every launcher: a cell is done when its
-``metrics.json`` exists, skipped with a ``skipped.json`` (its dataset is absent and ``skip_missing_data`` allowed it),
+``metrics.json`` exists and no ``failed.json`` says that its latest run failed, skipped with a ``skipped.json`` (its dataset is absent and ``skip_missing_data`` allowed it),
 failed with a ``failed.json``, and without a result when none exists (a job killed by the scheduler or out of memory).
 Failures are grouped by cause (exception type and message, numbers aside), each with one example cell.
 """
@@ -17,11 +17,13 @@ STATES = ("done", "skipped", "failed", "no result")
 
 
 def cell_state(cell: Path) -> str:
-    """The state of one cell folder (one of :data:`STATES`)."""
-    if (cell / "metrics.json").exists():
-        return "done"
+    """The state of one cell folder (one of :data:`STATES`). A ``failed.json`` means that the cell's latest run
+    failed (every run that ends well removes it), also beside a ``metrics.json``: a finished run of another
+    configuration that refused to be replaced is kept, and the cell of this launch has failed."""
     if (cell / "failed.json").exists():
         return "failed"
+    if (cell / "metrics.json").exists():
+        return "done"
     if (cell / "skipped.json").exists():
         return "skipped"
     return "no result"

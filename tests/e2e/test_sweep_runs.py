@@ -123,6 +123,22 @@ def test_failed_cell_does_not_stop_the_others_and_relaunch_skips_complete_cells(
     assert (done[0] / "metrics.json").stat().st_mtime_ns == stamp
     assert (failed[0] / "failed.json").exists() and not (failed[0] / "metrics.json").exists()
 
+    # The finished cell as a run of another configuration left it (as after an edit of the sweep file): a relaunch
+    # keeps it, and this launch's cell fails, in the summary and the exit status.
+    for name in ("metrics.json", "identity.json"):
+        record = json.loads((done[0] / name).read_text())
+        record["fingerprint"] = "0" * 16
+        if name == "identity.json":
+            record["options"]["trainer"]["epochs"] = 1
+        (done[0] / name).write_text(json.dumps(record))
+    stamp = (done[0] / "metrics.json").stat().st_mtime_ns
+    result = run_cli(args)
+    log = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "holds a finished run of another configuration (trainer.epochs 1 → 2); it is kept" in log
+    assert (done[0] / "metrics.json").stat().st_mtime_ns == stamp and (done[0] / "failed.json").exists()
+    assert f"[sweep] 2 cells: 0 done, 0 skipped, 2 failed ({sweep})" in log
+
 
 @pytest.mark.slow
 def test_a_sweep_whose_cells_all_failed_ends_on_its_summary_through_submitit(tmp_path):

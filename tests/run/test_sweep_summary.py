@@ -108,3 +108,15 @@ def test_a_sweep_with_a_failed_cell_exits_1_after_its_summary(sweep, caplog):
         progress.on_multirun_end(config)
     assert exit_.value.code == 1
     assert "[sweep]   1 failed: ValueError: Invalid learning rate: -1.0" in caplog.messages
+
+
+def test_a_finished_cell_whose_latest_run_was_refused_counts_as_failed(sweep):
+    """A relaunch with another configuration leaves the finished run in place and a failed.json beside it: this
+    launch's cell failed, whatever the folder still holds."""
+    kept = cell(sweep, "row=rn_na_na", "metrics.json")
+    message = f"{kept} holds a finished run of another configuration (trainer.epochs 2 → 3); it is kept."
+    (kept / "failed.json").write_text(
+        json.dumps({"type": "Ssl4gieError", "error": message, "user_error": True})
+    )
+    summary = summarise(sweep, total=1)
+    assert summary.cells["failed"] == [kept] and not summary.cells["done"] and not summary.ok
