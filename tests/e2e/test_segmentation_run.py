@@ -153,7 +153,9 @@ def test_completed_run_is_not_redone_and_a_changed_config_is_not_resumed(tmp_pat
     (tmp_path / "run" / "metrics.json").unlink()
     from ssl4gie.errors import Ssl4gieError
 
-    with pytest.raises(Ssl4gieError, match=r"interrupted run of another configuration \(trainer.lr 0.0001 → 0.001\)"):
+    with pytest.raises(
+        Ssl4gieError, match=r"interrupted run of another configuration \(trainer.lr 0.0001 → 0.001\)"
+    ):
         execute(compose_config([*overrides, "trainer.lr=0.001"], tmp_path / "run"))
 
 
