@@ -20,13 +20,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from helpers import TINY, compose_config, task_overrides
 from helpers.pretrain import pretrain_overrides
+from helpers.spawn import spawn_ranks
 from torch import nn
 
 from ssl4gie.engine import distributed
 from ssl4gie.engine.distributed import BatchNormXd, DistEnv, local_model
+from ssl4gie.utils.conf import instantiate_checked
 
 WORLD = 2
 COLLECTIVES = (
@@ -92,12 +93,11 @@ def _record_collectives(log: list[str]) -> None:
 def _build(cfg, rank: int):
     """task, reader, datasets and a Trainer of ``cfg`` on this rank, its model converted to SyncBatchNorm."""
     from ssl4gie.engine.trainer import Trainer
-    from ssl4gie.run import config as config_checks
     from ssl4gie.utils.seed import seed_everything
 
     seed_everything(cfg.seed + rank)
-    task = config_checks.instantiate_checked(cfg.task, _recursive_=False)
-    reader = config_checks.instantiate_checked(cfg.dataset)
+    task = instantiate_checked(cfg.task, _recursive_=False)
+    reader = instantiate_checked(cfg.dataset)
     model = task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
     env = DistEnv(rank=rank, world_size=WORLD, local_rank=rank)
     trainer = Trainer(cfg.trainer, task, model, Path(cfg.paths.output_dir), cfg.seed, "test", {}, env)
@@ -122,11 +122,10 @@ def _configs(tmp_path: Path):
 def _write_data(tmp_path: Path) -> None:
     """The runs' synthetic data and decoded caches, written once before the processes start (both ranks would
     otherwise write them at once)."""
-    from ssl4gie.run import config as config_checks
 
     for cfg in _configs(tmp_path):
-        task = config_checks.instantiate_checked(cfg.task, _recursive_=False)
-        reader = config_checks.instantiate_checked(cfg.dataset)
+        task = instantiate_checked(cfg.task, _recursive_=False)
+        reader = instantiate_checked(cfg.dataset)
         task.build_model(cfg.backbone, cfg.pretraining, cfg.frozen, cfg.paths.weights_dir)
         splits = ["train", "val"] if cfg.task.name == "pretrain" else ["test"]
         task.build_datasets(reader, splits, str(Path(cfg.paths.cache_dir) / "decoded"), False)
@@ -189,7 +188,7 @@ def one_rank_worker(rank: int, init_file: str, tmp: str) -> None:
 def test_every_rank_0_path_runs_a_syncbatchnorm_model_without_a_collective(tmp_path):
     _write_data(tmp_path)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the spawned processes
-    mp.spawn(one_rank_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_ranks(one_rank_worker, WORLD, str(tmp_path / "init"), str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     # every collective rank 0 issued, rank 1 issued too, in the same order (the barriers and nothing else)
     assert ranks[0]["issued"] == ranks[1]["issued"]

@@ -19,7 +19,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers.spawn import spawn_ranks
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -99,7 +99,7 @@ def ranks(tmp_path_factory) -> list[dict]:
     """Run the worker on 2 spawned gloo processes once; each rank's results, loaded back."""
     tmp = tmp_path_factory.mktemp("ssl_ddp")
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the spawned processes
-    mp.spawn(worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=True)
+    spawn_ranks(worker, WORLD, str(tmp / "init"), str(tmp))
     return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 

@@ -16,7 +16,6 @@ import pytest
 import timm
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from helpers import compose_config
 from helpers.checkpoints import (
     OPTIMIZER,
@@ -32,6 +31,7 @@ from helpers.checkpoints import (
     prefixed,
     random_like,
 )
+from helpers.spawn import spawn_ranks
 from hydra.utils import instantiate
 from timm.layers import resample_abs_pos_embed
 from torch import nn
@@ -481,7 +481,7 @@ def _write(rank: int, out: str) -> None:
 def dinov2_output(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dinov2-train")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_write, args=(str(out),), nprocs=WORLD, join=True)
+    spawn_ranks(_write, WORLD, str(out))
     return out
 
 
